@@ -1,0 +1,1 @@
+"""Stage one: quantizers, autoencoders, losses, codebook initialisation."""
