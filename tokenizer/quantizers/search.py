@@ -27,10 +27,10 @@ def _block_sizes(num_tokens: int, num_codes: int, memory_budget: int, bytes_per:
     return token_block, code_block
 
 
-def prepare(x: torch.Tensor, codes: torch.Tensor, distance: str):
-    """fp32 (and l2-normalised for 'cos') copies of queries and codes."""
-    x = x.float()
-    codes = codes.float()
+def prepare(x: torch.Tensor, codes: torch.Tensor, distance: str, dtype=torch.float32):
+    """Copies of queries and codes in `dtype` (l2-normalised for 'cos')."""
+    x = x.to(dtype)
+    codes = codes.to(dtype)
     if distance == "cos":
         x = F.normalize(x, dim=-1)
         codes = F.normalize(codes, dim=-1)
@@ -109,7 +109,7 @@ def nearest_code(x: torch.Tensor, codes: torch.Tensor, distance: str = "l2",
             unsure = (second - best) <= 2 * _error_bound(x32, codes32, distance)
             if unsure.any():
                 rows = unsure.nonzero().squeeze(1)
-                x64, codes64 = prepare(x.detach()[rows].double(), codes.detach().double(), distance)
+                x64, codes64 = prepare(x.detach()[rows], codes.detach(), distance, torch.float64)
                 # one element of fp64 costs twice the bytes: halve the token block via the budget
                 _, idx64, _ = _running_best(x64, codes64, distance, memory_budget // 2, track_second=False)
                 idx[rows] = idx64

@@ -1,0 +1,3 @@
+from .codebook_usage import CodebookUsage
+
+__all__ = ["CodebookUsage"]

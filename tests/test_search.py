@@ -1,0 +1,109 @@
+"""Nearest-code search: exact against fp64 brute force, bounded memory, fp32 under autocast."""
+import resource
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from tokenizer.quantizers.search import best_row_per_code, nearest_code
+
+
+def fp64_argmin(x, codes, distance="l2"):
+    x, codes = x.double(), codes.double()
+    if distance == "cos":
+        x = torch.nn.functional.normalize(x, dim=1)
+        codes = torch.nn.functional.normalize(codes, dim=1)
+        return (x @ codes.t()).argmax(1)
+    return torch.cdist(x, codes).argmin(1)
+
+
+@pytest.mark.parametrize("distance", ["l2", "cos"])
+@pytest.mark.parametrize("n,k,d", [(500, 3000, 8), (300, 1000, 64), (64, 20000, 4)])
+def test_matches_fp64_bruteforce(distance, n, k, d):
+    x, codes = torch.randn(n, d), torch.randn(k, d)
+    assert torch.equal(nearest_code(x, codes, distance), fp64_argmin(x, codes, distance))
+
+
+def test_exact_where_fp32_cancellation_misorders():
+    # Large offset, tiny spacing: ||e||^2 - 2 x.e cancels catastrophically in fp32 (reference §5.6).
+    torch.manual_seed(1)
+    codes = 20 + 0.01 * torch.randn(4096, 8)
+    x = 20 + 0.01 * torch.randn(2000, 8)
+    ref = fp64_argmin(x, codes)
+    # the plain fp32 formula gets some of these wrong ...
+    naive = (codes.pow(2).sum(1) - 2 * x @ codes.t()).argmin(1)
+    assert (naive != ref).any()
+    # ... the guarded search does not
+    assert torch.equal(nearest_code(x, codes), ref)
+
+
+def test_exact_ties_pick_lowest_index_across_blocks():
+    codes = torch.randn(20000, 4)
+    codes[15000] = codes[3]  # duplicate in another 8192-code block
+    x = codes[3:4] + 0.0
+    assert nearest_code(x, codes).item() == 3
+    assert nearest_code(x, codes, memory_budget=4096).item() == 3
+
+
+def test_small_memory_budget_same_answer():
+    x, codes = torch.randn(1000, 8), torch.randn(5000, 8)
+    assert torch.equal(nearest_code(x, codes, memory_budget=1 << 16), fp64_argmin(x, codes))
+
+
+def test_search_is_fp32_under_bf16_autocast():
+    x, codes = torch.randn(400, 16), torch.randn(4000, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        idx = nearest_code(x, codes)
+    assert torch.equal(idx, fp64_argmin(x, codes))
+
+
+def test_best_row_per_code_closest_and_sampled():
+    feats, codes = torch.randn(300, 8), torch.randn(50, 8)
+    _, rows = best_row_per_code(feats, codes, "l2")
+    assert torch.equal(rows, torch.cdist(codes.double(), feats.double()).argmin(1))
+    _, rows = best_row_per_code(feats, codes, "cos")
+    sim = torch.nn.functional.normalize(codes.double(), dim=1) @ torch.nn.functional.normalize(feats.double(), dim=1).t()
+    assert torch.equal(rows, sim.argmax(1))
+
+
+def test_gumbel_sampling_follows_softmax_of_similarity():
+    # one code, three features with cosine similarity 1, 0, -1: softmax gives e/(e+1+1/e) ...
+    codes = torch.tensor([[1.0, 0.0]])
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([best_row_per_code(feats, codes, "cos", generator=gen)[1] for _ in range(4000)]).flatten()
+    freq = torch.bincount(draws, minlength=3).double() / draws.numel()
+    expected = torch.softmax(torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64), 0)
+    assert torch.allclose(freq, expected, atol=0.03)
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="distance"):
+        nearest_code(torch.randn(2, 3), torch.randn(4, 3), "cosine")
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        nearest_code(torch.randn(2, 3), torch.randn(4, 5))
+
+
+@pytest.mark.slow
+def test_65536_tokens_against_100k_codes_under_1gb():
+    """The issue's bound, measured as peak RSS growth of a fresh process."""
+    script = textwrap.dedent("""
+        import resource, torch
+        from tokenizer.quantizers.search import nearest_code
+        torch.manual_seed(0)
+        x, codes = torch.randn(65536, 8), torch.randn(100000, 8)
+        sample = torch.randint(0, 65536, (256,))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        idx = nearest_code(x, codes)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        ref = torch.cdist(x[sample].double(), codes.double()).argmin(1)
+        assert torch.equal(idx[sample], ref)
+        print((after - before) * 1024)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    extra = int(out.stdout.strip().splitlines()[-1])
+    full_matrix = 65536 * 100000 * 4
+    assert extra < 1 << 30, f"extra peak memory {extra / 2**20:.0f} MiB"
+    assert extra < full_matrix / 20
