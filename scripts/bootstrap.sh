@@ -22,7 +22,8 @@ fi
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then
   sudo_cmd=""
   if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then sudo_cmd="sudo"; fi
-  ( $sudo_cmd apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
-    || { $sudo_cmd apt-get update -q >/dev/null 2>&1 && $sudo_cmd apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } ) \
+  # --reinstall: the package can be registered as installed with its files gone
+  ( $sudo_cmd apt-get install -y -q --reinstall dataset-fashion-mnist >/dev/null 2>&1 \
+    || { $sudo_cmd apt-get update -q >/dev/null 2>&1 && $sudo_cmd apt-get install -y -q --reinstall dataset-fashion-mnist >/dev/null 2>&1; } ) \
     || echo "note: could not install dataset-fashion-mnist with apt; Fashion-MNIST tests will be skipped" >&2
 fi
