@@ -20,7 +20,7 @@ def _run_benchmark(argv):
 
 def cmd_demo(args):
     """The main job. For now: the nearest-code search benchmark at its smallest size."""
-    argv = ["--size", "smallest"] + (["--tokens", "1024", "--rounds", "1"] if args.quick else [])
+    argv = ["--size", "smallest"] + (["--tokens", "2048", "--rounds", "3"] if args.quick else [])
     _run_benchmark(argv)
 
 
