@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,7 @@ SIZES = {
     "full": dict(codebooks=[1024, 16384, 100000], dims=[8, 768], tokens=8192),
 }
 METHODS = ("lcgen", "faiss", "naive")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_inputs(k: int, d: int, n: int, seed: int = 0):
@@ -59,7 +61,7 @@ def peak_extra_memory(method: str, k: int, d: int, n: int) -> int:
         "def status(key):\n"
         "    for line in open('/proc/self/status'):\n"
         "        if line.startswith(key): return int(line.split()[1]) * 1024\n"
-        f"sys.path.insert(0, {repr(sys.path[0] + '/..')})\n"
+        f"sys.path.insert(0, {REPO_ROOT!r})\n"
         "from benchmarks.search_throughput import make_inputs, run_method\n"
         f"torch.set_num_threads({torch.get_num_threads()})\n"
         f"x, codes = make_inputs({k}, {d}, {n})\n"
@@ -71,7 +73,7 @@ def peak_extra_memory(method: str, k: int, d: int, n: int) -> int:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode:
-        return -1
+        raise RuntimeError(f"memory measurement of {method} (K={k}, D={d}) failed:\n{out.stderr[-2000:]}")
     return int(out.stdout.strip().splitlines()[-1])
 
 

@@ -31,10 +31,12 @@ class CodebookUsage:
         if indices.ndim != expected_ndim or (self.num_chunks > 1 and indices.shape[-1] != self.num_chunks):
             raise ValueError(f"indices must have shape (B, H, W{', %d' % self.num_chunks if self.num_chunks > 1 else ''}),"
                              f" got {tuple(indices.shape)}")
-        idx = indices.reshape(-1, self.num_chunks).long().cpu()
+        idx = indices.reshape(-1, self.num_chunks).long()
         if idx.numel() and (idx.min() < 0 or idx.max() >= self.codebook_size):
             raise ValueError(f"indices must lie in [0, {self.codebook_size})")
-        offsets = torch.arange(self.num_chunks) * self.codebook_size  # chunk j -> bins [jK, (j+1)K)
+        # count where the indices live (no per-batch copy to the host); counts follow them there
+        self.counts = self.counts.to(idx.device)
+        offsets = torch.arange(self.num_chunks, device=idx.device) * self.codebook_size  # chunk j -> bins [jK, (j+1)K)
         flat = (idx + offsets).reshape(-1)
         self.counts += torch.bincount(flat, minlength=self.num_chunks * self.codebook_size).view_as(self.counts)
 
