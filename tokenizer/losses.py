@@ -101,6 +101,8 @@ class TokenizerLoss(nn.Module):
             logs["loss/perceptual"] = p.detach()
         total = nll + self.quantizer_weight * out.quantizer_loss
         if self.disc_active(step):
+            # the generator's pass must not leave gradients on the discriminator: callers switch its
+            # parameters off (requires_grad_(False)) and this uses the unwrapped module
             g_loss = -self.discriminator(out.sample).mean()
             if self.adaptive and last_layer is not None and torch.is_grad_enabled():
                 w = adaptive_weight(nll, g_loss, last_layer) * self.disc_weight
@@ -111,9 +113,11 @@ class TokenizerLoss(nn.Module):
         logs["loss/total"] = total.detach()
         return total, logs
 
-    def discriminator_loss(self, images, reconstructions, step: int):
-        """Hinge loss on real images vs detached reconstructions (0 before disc_start)."""
+    def discriminator_loss(self, images, reconstructions, step: int, discriminator: nn.Module | None = None):
+        """Hinge loss on real images vs detached reconstructions. `discriminator`: the
+        data-parallel wrapper of self.discriminator when training with several processes."""
         if not self.disc_active(step):
             raise RuntimeError(f"the discriminator is off at step {step} (disc_start={self.disc_start})")
-        d_loss = hinge_d_loss(self.discriminator(images.detach()), self.discriminator(reconstructions.detach()))
+        disc = discriminator if discriminator is not None else self.discriminator
+        d_loss = hinge_d_loss(disc(images.detach()), disc(reconstructions.detach()))
         return d_loss, {"loss/discriminator": d_loss.detach()}

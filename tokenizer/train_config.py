@@ -1,0 +1,69 @@
+"""The sections of a tokenizer training config besides `model` (VQTokenizer's arguments)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DataConfig:
+    """Which images, and how they are preprocessed (see eval.data.build_dataset)."""
+
+    name: str = "fashion-mnist"
+    split: str = "train"
+    eval_split: str = "test"
+    resolution: int | None = None
+    crop: str = "center"
+    flip: bool = False
+    channels: int = 3
+    data_dir: str | None = None
+    streaming: bool = False
+    max_samples: int | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class LossConfig:
+    """Weights of the stage-one loss (tokenizer.losses.TokenizerLoss)."""
+
+    perceptual_weight: float = 1.0
+    quantizer_weight: float = 0.1
+    disc_weight: float = 0.1
+    disc_start: int = 50_000
+    disc_layers: int = 2
+    disc_ndf: int = 64
+    adaptive_disc_weight: bool = True
+    lpips_vgg_weights: str | None = None
+    lpips_random_trunk: bool = False
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, checkpointing and logging."""
+
+    output_dir: str = "runs/tokenizer"
+    seed: int = 0
+    batch_size: int = 32  # per process
+    gradient_accumulation_steps: int = 1
+    num_epochs: int = 1
+    max_train_steps: int | None = None  # overrides num_epochs when set
+    lr: float = 1e-4
+    disc_lr: float | None = None  # defaults to lr
+    adam_beta1: float = 0.5
+    adam_beta2: float = 0.9
+    adam_epsilon: float = 1e-7
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"  # diffusers.optimization names; warm-up then the schedule
+    lr_warmup_steps: int = 0
+    max_grad_norm: float | None = None
+    mixed_precision: str = "no"  # no | fp16 | bf16 (the quantizer's search stays fp32)
+    use_ema: bool = False
+    ema_decay: float = 0.999
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None  # a checkpoint dir or "latest"
+    stop_at_step: int | None = None  # end the process after this step, as an interruption would
+    log_every: int = 50
+    report_to: str | None = "tensorboard"
+    deterministic: bool = False
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
