@@ -1,0 +1,47 @@
+"""Typed configs: presets load, overrides apply with types, unknown keys and wrong types name themselves."""
+import glob
+import os
+
+import pytest
+
+from tokenizer.train import parse_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRESET = os.path.join(ROOT, "configs", "fashion-mnist-looc-cpu.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))))
+def test_every_preset_parses(path):
+    cfg = parse_config(["--config", path])
+    assert cfg["training"].lr > 0 and cfg["model"]["quantizer_kind"]
+
+
+def test_overrides_with_and_without_section_are_typed():
+    cfg = parse_config(["--config", PRESET, "--lr", "1e-3", "--training.batch_size=7", "--model.codebook_size", "64",
+                        "--use_ema", "--data.max_samples", "none", "--quantizer_options", "{chunk_dim: 8}"])
+    t = cfg["training"]
+    assert t.lr == 1e-3 and isinstance(t.lr, float) and t.batch_size == 7 and t.use_ema is True
+    assert cfg["data"].max_samples is None
+    assert cfg["model"]["codebook_size"] == 64 and cfg["model"]["quantizer_options"] == {"chunk_dim": 8}
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--learning_rate", "1"], "unknown config key"),
+    (["--training.lr", "fast"], "training.lr must be float"),
+    (["--batch_size", "1.5"], "training.batch_size must be int"),
+    (["--model.codebook_size", "many"], "model.codebook_size must be int"),
+    (["--optim.lr", "1"], "unknown config section"),
+    (["--model.quantizer", "lc"], "unknown config key model.quantizer"),
+])
+def test_bad_overrides_name_the_key(argv, match):
+    with pytest.raises(ValueError, match=match):
+        parse_config(["--config", PRESET, *argv])
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("training:\n  lr: 1.0e-4\n  epochs: 3\n")
+    with pytest.raises(ValueError, match="unknown config key training.epochs"):
+        parse_config(["--config", str(p)])
+    with pytest.raises(ValueError, match="config file not found"):
+        parse_config(["--config", str(tmp_path / "missing.yaml")])

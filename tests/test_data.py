@@ -1,0 +1,106 @@
+"""The data module on real Fashion-MNIST (Debian IDX files) and on an image folder with a corrupt
+file; preprocessing; clear errors."""
+import gzip
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eval.data import ImageTransform, build_dataset, collate_skipping_bad
+from eval.data.fashion_mnist import DEBIAN_DIR, debian_files_present, read_idx
+
+needs_fmnist = pytest.mark.skipif(not debian_files_present(), reason="Debian dataset-fashion-mnist not installed")
+
+
+@needs_fmnist
+def test_idx_payload_matches_published_checksum():
+    # md5 of the uncompressed payload of t10k-labels (reference/eval-data-performance.md §0.3)
+    with gzip.open(os.path.join(DEBIAN_DIR, "t10k-labels-idx1-ubyte.gz"), "rb") as f:
+        assert hashlib.md5(f.read()).hexdigest() == "15d484375f8d13e6eb1aabb0c3f46965"
+    labels = read_idx(os.path.join(DEBIAN_DIR, "t10k-labels-idx1-ubyte.gz"))
+    assert labels.shape == (10000,) and np.bincount(labels).tolist() == [1000] * 10
+
+
+@needs_fmnist
+def test_fashion_mnist_splits_range_and_labels():
+    train, test = build_dataset("fashion-mnist", "train", channels=1), build_dataset("fashion-mnist", "test", channels=1)
+    assert (len(train), len(test)) == (60000, 10000)
+    item = train[0]
+    assert item["pixel_values"].shape == (1, 28, 28) and item["pixel_values"].dtype == torch.float32
+    assert item["pixel_values"].min() >= -1 and item["pixel_values"].max() <= 1
+    assert item["label"] == 9  # the first training image is an ankle boot
+    assert train.class_names[9] == "Ankle boot"
+    raw = read_idx(os.path.join(DEBIAN_DIR, "train-images-idx3-ubyte.gz"))[0]
+    assert torch.allclose(item["pixel_values"][0], torch.from_numpy(raw.copy()).float() / 127.5 - 1)
+
+
+@needs_fmnist
+def test_fashion_mnist_rgb_resized():
+    ds = build_dataset("fashion-mnist", "test", resolution=32, channels=3, max_samples=5)
+    assert len(ds) == 5 and ds[0]["pixel_values"].shape == (3, 32, 32)
+
+
+def _folder(tmp_path, corrupt=True):
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    if corrupt:
+        (tmp_path / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    return tmp_path
+
+
+def test_image_folder_skips_and_counts_the_corrupt_file(tmp_path):
+    ds = build_dataset("imagefolder", data_dir=str(_folder(tmp_path)), resolution=32)
+    assert len(ds) == 7 and ds.class_names == ["cat", "dog"]
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate_skipping_bad)
+    batches = list(loader)
+    assert sum(int(b["num_skipped"]) for b in batches) == 1
+    assert sum(len(b["pixel_values"]) for b in batches) == 6
+    labels = torch.cat([b["labels"] for b in batches])
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert batches[0]["pixel_values"].shape[1:] == (3, 32, 32)
+
+
+def test_image_folder_streaming_skips_corrupt(tmp_path):
+    ds = build_dataset("imagefolder", data_dir=str(_folder(tmp_path)), resolution=16, streaming=True)
+    items = list(ds)
+    assert len(items) == 7 and sum(it is None for it in items) == 1
+
+
+def test_transform_resizes_smallest_side_then_crops():
+    img = Image.fromarray(np.arange(40 * 80 * 3, dtype=np.uint8).reshape(40, 80, 3) % 251)
+    t = ImageTransform(resolution=20, crop="center", channels=3)
+    x = t(img)
+    assert x.shape == (3, 20, 20) and x.min() >= -1 and x.max() <= 1
+    expected = img.resize((40, 20), Image.BICUBIC).crop((10, 0, 30, 20))
+    assert torch.allclose(x, torch.from_numpy(np.array(expected)).permute(2, 0, 1).float() / 127.5 - 1)
+
+
+def test_random_crop_and_flip_are_reproducible_by_key():
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 50, 3), dtype=np.uint8))
+    t = ImageTransform(resolution=32, crop="random", flip=True)
+    assert torch.equal(t(img, key=7), t(img, key=7))
+    assert any(not torch.equal(t(img, key=7), t(img, key=k)) for k in range(8, 20))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(name="imagefolder", data_dir="/nonexistent/folder"), "existing folder"),
+    (dict(name="not-a-dataset"), "unknown dataset"),
+    (dict(name="imagenet"), "not available.*offline mode"),
+    (dict(name="fashion-mnist", crop="middle"), "crop must be one of"),
+    (dict(name="fashion-mnist", channels=2), "channels must be 1 or 3"),
+    (dict(name="fashion-mnist", max_samples=0), "max_samples must be > 0"),
+])
+def test_bad_dataset_arguments_are_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_dataset(**kwargs)
+
+
+def test_image_folder_without_requested_split(tmp_path):
+    with pytest.raises(ValueError, match="only a 'train' split"):
+        build_dataset("imagefolder", split="test", data_dir=str(_folder(tmp_path, corrupt=False)))
