@@ -1,0 +1,93 @@
+"""Tokenizer training: exact resume (CPU, deterministic), atomic checkpoints, a two-process
+accelerate run with gloo, and bad configs rejected before anything is written."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tokenizer.checkpointing import list_checkpoints, resolve_checkpoint
+from tokenizer.train import parse_config, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRESET = os.path.join(ROOT, "configs", "fashion-mnist-looc-cpu.yaml")
+TINY = ["--config", PRESET, "--max_samples", "192", "--batch_size", "32", "--hidden_channels", "16",
+        "--residual_channels", "4", "--embed_dim", "16", "--report_to", "none", "--deterministic"]
+
+
+def weights(run_dir):
+    return load_file(os.path.join(run_dir, "model", "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_ends_with_identical_weights(tmp_path):
+    # 6 batches per epoch, 10 steps: the interruption at step 4 is mid-epoch and the resumed run
+    # crosses an epoch boundary; EMA and the CVQ statistics must come back too
+    common = TINY + ["--max_train_steps", "10", "--checkpointing_steps", "2", "--use_ema"]
+    train(parse_config(common + ["--output_dir", str(tmp_path / "a")]))
+    assert train(parse_config(common + ["--output_dir", str(tmp_path / "b"), "--stop_at_step", "4"])) == ""
+    assert not (tmp_path / "b" / "model").exists()
+    assert [s for s, _ in list_checkpoints(str(tmp_path / "b"))] == [2, 4]
+    train(parse_config(common + ["--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint", "latest"]))
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    summary = json.loads((tmp_path / "b" / "train_summary.json").read_text())
+    assert summary["steps"] == 10
+
+
+def test_interrupted_save_is_not_a_checkpoint(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / "checkpoint-2").mkdir(parents=True)
+    (root / "checkpoint-4.tmp").mkdir()  # a save that never finished
+    assert resolve_checkpoint(str(tmp_path), "latest") == (2, str(root / "checkpoint-2"))
+    with pytest.raises(ValueError, match="no checkpoint"):
+        resolve_checkpoint(str(tmp_path / "empty"), "latest")
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--mixed_precision", "fp64"], "mixed_precision must be one of"),
+    (["--batch_size", "0"], "batch_size must be > 0"),
+    (["--data.channels", "3"], "does not match model.in_channels"),
+    (["--codebook_size", "0"], "codebook_size must be > 0"),
+    (["--quantizer_options", "{chunk_dim: 5}"], "chunk_dim=5 must divide"),
+    (["--push_to_hub"], "hub_model_id"),
+    (["--resume_from_checkpoint", "latest"], "no checkpoint"),
+    (["--data.name", "imagefolder", "--data.data_dir", "/nonexistent"], "existing folder"),
+])
+def test_bad_config_fails_before_any_write(tmp_path, argv, match):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=match):
+        train(parse_config(TINY + ["--output_dir", str(out), "--max_train_steps", "1"] + argv))
+    assert not out.exists()
+
+
+def test_cli_error_is_one_line(tmp_path):
+    import lcgen_cli
+
+    with pytest.raises(SystemExit) as exc:
+        lcgen_cli.main(["train-tokenizer", "--config", PRESET, "--lr", "fast", "--output_dir", str(tmp_path / "x")])
+    assert str(exc.value) == "lcgen train-tokenizer: error: training.lr must be float, got 'fast'"
+
+
+@pytest.mark.slow
+def test_two_process_accelerate_run_on_cpu(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+           "-m", "tokenizer.train", *TINY[:-1], "--max_train_steps", "4", "--checkpointing_steps", "2",
+           "--output_dir", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 4
+    # 192 images / (2 processes x 32) = 3 steps per epoch
+    assert summary["epochs"] == pytest.approx(4 / 3)
+    ckpt = out / "checkpoints" / "checkpoint-4"
+    assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+    assert (out / "model" / "diffusion_pytorch_model.safetensors").is_file()
