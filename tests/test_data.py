@@ -104,3 +104,11 @@ def test_bad_dataset_arguments_are_clear_errors(kwargs, match):
 def test_image_folder_without_requested_split(tmp_path):
     with pytest.raises(ValueError, match="only a 'train' split"):
         build_dataset("imagefolder", split="test", data_dir=str(_folder(tmp_path, corrupt=False)))
+
+
+def test_fashion_mnist_falls_back_to_the_hub_and_explains_offline(monkeypatch):
+    import eval.data.datasets as d
+
+    monkeypatch.setattr(d, "debian_files_present", lambda root=None: False)
+    with pytest.raises(ValueError, match="zalando-datasets/fashion_mnist.*offline mode is on"):
+        build_dataset("fashion-mnist", "train")

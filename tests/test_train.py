@@ -91,3 +91,16 @@ def test_two_process_accelerate_run_on_cpu(tmp_path):
     ckpt = out / "checkpoints" / "checkpoint-4"
     assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
     assert (out / "model" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_bf16_mixed_precision_run_and_push_to_hub_call(tmp_path, monkeypatch):
+    from tokenizer import VQTokenizer
+
+    pushed = []
+    monkeypatch.setattr(VQTokenizer, "push_to_hub", lambda self, repo_id, **kw: pushed.append(repo_id))
+    out = tmp_path / "bf16"
+    train(parse_config(TINY[:-1] + ["--max_train_steps", "2", "--mixed_precision", "bf16", "--output_dir", str(out),
+                                    "--push_to_hub", "--hub_model_id", "me/looc-test"]))
+    assert pushed == ["me/looc-test"]
+    loaded = VQTokenizer.from_pretrained(out / "model")
+    assert loaded.quantizer.codebook.embed.dtype == torch.float32  # weights stay fp32 under autocast

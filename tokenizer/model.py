@@ -31,9 +31,10 @@ class TokenizerEncoding(BaseOutput):
     indices: int64 (B, h, w) or (B, h, w, m); quantizer_loss: scalar."""
 
     latents: torch.Tensor
-    quantized: torch.Tensor
-    indices: torch.Tensor
-    quantizer_loss: torch.Tensor
+    # defaults let accelerate rebuild the output from a dict (its fp32 output conversion)
+    quantized: torch.Tensor = None
+    indices: torch.Tensor = None
+    quantizer_loss: torch.Tensor = None
 
 
 @dataclass
@@ -42,9 +43,10 @@ class TokenizerOutput(BaseOutput):
     reconstruction_loss: l1/l2 per the config, divided by data_variance; quantizer_loss: scalar."""
 
     sample: torch.Tensor
-    indices: torch.Tensor
-    reconstruction_loss: torch.Tensor
-    quantizer_loss: torch.Tensor
+    # defaults let accelerate rebuild the output from a dict (its fp32 output conversion)
+    indices: torch.Tensor = None
+    reconstruction_loss: torch.Tensor = None
+    quantizer_loss: torch.Tensor = None
 
 
 class VQTokenizer(ModelMixin, ConfigMixin):

@@ -34,8 +34,8 @@ class QuantizerOutput(BaseOutput):
     loss: scalar codebook/commitment loss."""
 
     quantized: torch.Tensor
-    indices: torch.Tensor
-    loss: torch.Tensor
+    indices: torch.Tensor = None  # defaults: accelerate rebuilds outputs from a dict
+    loss: torch.Tensor = None
 
 
 def _check_choice(name, value, choices):
