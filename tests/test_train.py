@@ -104,3 +104,20 @@ def test_bf16_mixed_precision_run_and_push_to_hub_call(tmp_path, monkeypatch):
     assert pushed == ["me/looc-test"]
     loaded = VQTokenizer.from_pretrained(out / "model")
     assert loaded.quantizer.codebook.embed.dtype == torch.float32  # weights stay fp32 under autocast
+
+
+def test_tensorboard_logs_losses_usage_and_reconstruction_grid(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    train(parse_config(TINY[:-1] + ["--max_train_steps", "3", "--log_every", "1", "--report_to", "tensorboard",
+                                    "--output_dir", str(out)]))
+    files = list((out / "logs").rglob("events.out.tfevents.*"))
+    assert files
+    acc = EventAccumulator(str(files[0].parent), size_guidance={"images": 4}).Reload()
+    tags = acc.Tags()
+    for tag in ("loss/total", "loss/reconstruction", "loss/quantizer", "lr", "codebook/utilisation",
+                "codebook/perplexity"):
+        assert tag in tags["scalars"], tag
+    assert [e.step for e in acc.Scalars("loss/total")] == [1, 2, 3]
+    assert "reconstructions" in tags["images"]

@@ -57,6 +57,8 @@ def check_config(cfg: dict) -> None:
         raise ValueError("training.push_to_hub needs training.hub_model_id (e.g. 'you/vqgan-lc-f16-100k')")
     if d.channels != cfg["model"].get("in_channels", 3):
         raise ValueError(f"data.channels={d.channels} does not match model.in_channels={cfg['model'].get('in_channels', 3)}")
+    if d.streaming and t.max_train_steps is None:
+        raise ValueError("a streamed dataset has no length: set training.max_train_steps")
     if d.streaming and t.resume_from_checkpoint:
         raise ValueError("exact resume needs a map-style dataset; turn data.streaming off to resume")
     if os.path.exists(t.output_dir) and not os.path.isdir(t.output_dir):
@@ -90,10 +92,10 @@ def train(cfg: dict) -> str:
                             d.max_samples, seed=t.seed)
     resume = resolve_checkpoint(t.output_dir, t.resume_from_checkpoint) if t.resume_from_checkpoint else None
 
+    tracker = None if t.report_to in (None, "none") else t.report_to
     accelerator = Accelerator(
-        gradient_accumulation_steps=t.gradient_accumulation_steps, mixed_precision=t.mixed_precision,
-        log_with=t.report_to, project_config=ProjectConfiguration(project_dir=t.output_dir,
-                                                                  logging_dir=os.path.join(t.output_dir, "logs")),
+        gradient_accumulation_steps=t.gradient_accumulation_steps, mixed_precision=t.mixed_precision, log_with=tracker,
+        project_config=ProjectConfiguration(project_dir=t.output_dir, logging_dir=os.path.join(t.output_dir, "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     if t.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -104,8 +106,6 @@ def train(cfg: dict) -> str:
     loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=not d.streaming, drop_last=True,
                         num_workers=d.num_workers, collate_fn=collate_skipping_bad,
                         generator=torch.Generator().manual_seed(t.seed) if not d.streaming else None)
-    if d.streaming and t.max_train_steps is None:
-        raise ValueError("a streamed dataset has no length: set training.max_train_steps")
     steps_per_epoch = (math.ceil(len(loader) / accelerator.num_processes / t.gradient_accumulation_steps)
                        if not d.streaming else t.max_train_steps)
     max_steps = t.max_train_steps or t.num_epochs * steps_per_epoch
@@ -136,7 +136,7 @@ def train(cfg: dict) -> str:
         first_epoch = global_step // steps_per_epoch
         skip_batches = (global_step % steps_per_epoch) * t.gradient_accumulation_steps
         accelerator.print(f"resumed from {path} at step {global_step}")
-    if accelerator.is_main_process and t.report_to:
+    if accelerator.is_main_process and tracker:
         accelerator.init_trackers("tokenizer", config={k: str(v) for k, v in _flat(cfg).items()})
 
     accelerator.print(f"training {type(raw).__name__} ({sum(p.numel() for p in raw.parameters()) / 1e6:.2f}M params, "
@@ -201,7 +201,7 @@ def train(cfg: dict) -> str:
         summary = usage.summary()
         accelerator.log({"codebook/utilisation": summary["utilisation"], "codebook/perplexity": summary["perplexity"],
                          "epoch": epoch}, step=global_step)
-        if accelerator.is_main_process and t.report_to == "tensorboard" and images.numel():
+        if accelerator.is_main_process and tracker == "tensorboard" and images.numel():
             writer = accelerator.get_tracker("tensorboard", unwrap=True)
             writer.add_image("reconstructions", image_grid(images, out.sample.detach()), global_step)
         if global_step >= max_steps:
