@@ -93,6 +93,11 @@ def train(cfg: dict) -> str:
     resume = resolve_checkpoint(t.output_dir, t.resume_from_checkpoint) if t.resume_from_checkpoint else None
 
     tracker = None if t.report_to in (None, "none") else t.report_to
+    # accelerate keeps one global state per process; a second run in the same process (the demo,
+    # notebooks, tests) may ask for another precision. The distributed (partial) state is kept.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         gradient_accumulation_steps=t.gradient_accumulation_steps, mixed_precision=t.mixed_precision, log_with=tracker,
         project_config=ProjectConfiguration(project_dir=t.output_dir, logging_dir=os.path.join(t.output_dir, "logs")),
