@@ -121,3 +121,20 @@ def test_tensorboard_logs_losses_usage_and_reconstruction_grid(tmp_path):
         assert tag in tags["scalars"], tag
     assert [e.step for e in acc.Scalars("loss/total")] == [1, 2, 3]
     assert "reconstructions" in tags["images"]
+
+
+def test_streaming_image_folder_run_counts_the_corrupt_file(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "imgs" / "only"
+    folder.mkdir(parents=True)
+    for i in range(9):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (30, 30), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "z-broken.png").write_bytes(b"broken")
+    out = tmp_path / "stream"
+    train(parse_config(TINY[:-1] + ["--data.name", "imagefolder", "--data.data_dir", str(tmp_path / "imgs"),
+                                    "--data.streaming", "--data.resolution", "28", "--data.max_samples", "none",
+                                    "--batch_size", "5", "--max_train_steps", "2", "--output_dir", str(out)]))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["skipped_images"] == 1

@@ -111,15 +111,27 @@ def train(cfg: dict) -> str:
     loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=not d.streaming, drop_last=True,
                         num_workers=d.num_workers, collate_fn=collate_skipping_bad,
                         generator=torch.Generator().manual_seed(t.seed) if not d.streaming else None)
-    steps_per_epoch = (math.ceil(len(loader) / accelerator.num_processes / t.gradient_accumulation_steps)
-                       if not d.streaming else t.max_train_steps)
-    max_steps = t.max_train_steps or t.num_epochs * steps_per_epoch
-    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    if d.streaming:
+        # each rank reads its own shard of the stream, cycling it until max_train_steps; the loader is
+        # not handed to accelerate (its batch dispatching cannot carry the skipped-image counts)
+        if accelerator.num_processes > 1:
+            from datasets.distributed import split_dataset_by_node
+
+            dataset.ds = split_dataset_by_node(dataset.ds, rank=accelerator.process_index,
+                                               world_size=accelerator.num_processes)
+        steps_per_epoch = max_steps = t.max_train_steps
+        num_epochs = sys.maxsize
+    else:
+        steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes / t.gradient_accumulation_steps)
+        max_steps = t.max_train_steps or t.num_epochs * steps_per_epoch
+        num_epochs = math.ceil(max_steps / steps_per_epoch)
     # accelerate steps a prepared scheduler once per process per optimiser step
     n = accelerator.num_processes
     sched_g = get_scheduler(t.lr_scheduler, opt_g, num_warmup_steps=t.lr_warmup_steps * n,
                             num_training_steps=max_steps * n)
-    model, opt_g, sched_g, loader = accelerator.prepare(model, opt_g, sched_g, loader)
+    model, opt_g, sched_g = accelerator.prepare(model, opt_g, sched_g)
+    if not d.streaming:
+        loader = accelerator.prepare(loader)
     disc = None
     if loss_fn.has_discriminator:
         opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=t.disc_lr or t.lr,
@@ -154,12 +166,15 @@ def train(cfg: dict) -> str:
     for epoch in range(first_epoch, num_epochs):
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        loader.set_epoch(epoch)
+        if not d.streaming:
+            loader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, skip_batches) if epoch == first_epoch and skip_batches else loader
         usage = CodebookUsage.for_quantizer(raw.quantizer)
         model.train()
+        seen = 0
         for batch in batches:
-            images = batch["pixel_values"]
+            seen += 1
+            images = batch["pixel_values"].to(accelerator.device)
             skipped_images += int(batch["num_skipped"])
             if images.numel() == 0:
                 continue  # every image of this batch was undecodable
@@ -202,6 +217,10 @@ def train(cfg: dict) -> str:
                 return ""
             if global_step >= max_steps:
                 break
+        if seen == 0 and not skip_batches:
+            raise ValueError(f"the dataset yielded no batch of {t.batch_size} images (is it smaller than one batch?)")
+        if d.streaming and global_step < max_steps:
+            continue  # a rank's shard ended: start it again (no collective ops at uneven epoch ends)
         usage.all_reduce()
         summary = usage.summary()
         accelerator.log({"codebook/utilisation": summary["utilisation"], "codebook/perplexity": summary["perplexity"],
