@@ -58,6 +58,7 @@ def test_interrupted_save_is_not_a_checkpoint(tmp_path):
     (["--push_to_hub"], "hub_model_id"),
     (["--resume_from_checkpoint", "latest"], "no checkpoint"),
     (["--data.name", "imagefolder", "--data.data_dir", "/nonexistent"], "existing folder"),
+    (["--max_samples", "10"], "10 images make no full batch of 32"),
 ])
 def test_bad_config_fails_before_any_write(tmp_path, argv, match):
     out = tmp_path / "run"

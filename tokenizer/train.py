@@ -122,6 +122,9 @@ def train(cfg: dict) -> str:
         steps_per_epoch = max_steps = t.max_train_steps
         num_epochs = sys.maxsize
     else:
+        if len(loader) < accelerator.num_processes:
+            raise ValueError(f"{len(dataset)} images make no full batch of {t.batch_size} per process "
+                             f"on {accelerator.num_processes} process(es)")
         steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes / t.gradient_accumulation_steps)
         max_steps = t.max_train_steps or t.num_epochs * steps_per_epoch
         num_epochs = math.ceil(max_steps / steps_per_epoch)
