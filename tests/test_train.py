@@ -139,3 +139,30 @@ def test_streaming_image_folder_run_counts_the_corrupt_file(tmp_path):
                                     "--batch_size", "5", "--max_train_steps", "2", "--output_dir", str(out)]))
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 2 and summary["skipped_images"] == 1
+
+
+def test_vqgan_lc_run_with_lpips_and_gan_after_disc_start(tmp_path):
+    """The VQGAN recipe end to end on tiny sizes: LC codebook from a file, LPIPS, GAN from step 1."""
+    from safetensors.torch import save_file
+
+    codebook = tmp_path / "codebook.safetensors"
+    save_file({"codebook": torch.randn(64, 12)}, str(codebook))
+    out = tmp_path / "vqgan"
+    preset = os.path.join(ROOT, "configs", "vqgan-lc-f16-100k.yaml")
+    train(parse_config([
+        "--config", preset, "--data.name", "fashion-mnist", "--data.resolution", "32", "--data.crop", "center",
+        "--data.num_workers", "0", "--max_samples", "16", "--model.resolution", "32", "--ch", "32",
+        "--ch_mult", "[1, 2]", "--attn_resolutions", "[16]", "--z_channels", "16", "--codebook_size", "64",
+        "--init_codebook", str(codebook), "--lpips_random_trunk", "--disc_start", "1", "--disc_ndf", "8",
+        "--batch_size", "4", "--max_train_steps", "3", "--lr_warmup_steps", "1", "--log_every", "1",
+        "--report_to", "none", "--output_dir", str(out)]))
+    summary = json.loads((out / "train_summary.json").read_text())
+    losses = summary["last_losses"]
+    assert {"loss/perceptual", "loss/generator_adv", "loss/discriminator", "loss/adaptive_weight"} <= set(losses)
+    from tokenizer import VQTokenizer
+
+    loaded = VQTokenizer.from_pretrained(out / "model")
+    assert loaded.config.frozen_codebook_source == str(codebook)
+    from safetensors.torch import load_file
+
+    assert torch.equal(loaded.quantizer.codebook.frozen, load_file(str(codebook))["codebook"])
