@@ -31,7 +31,7 @@ def cmd_demo(args):
     from tokenizer.train import parse_config, train
 
     out = os.path.abspath(args.output)
-    steps, eval_samples = (150, 2000) if args.quick else (900, None)
+    steps, eval_samples = (150, 2000) if args.quick else (1500, None)
     start = time.time()
     cfg = parse_config(["--config", DEMO_PRESET, "--output_dir", os.path.join(out, "tokenizer"),
                         "--max_train_steps", str(steps), "--checkpointing_steps", "300"])
