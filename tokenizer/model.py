@@ -140,7 +140,7 @@ class VQTokenizer(ModelMixin, ConfigMixin):
             raise ValueError(f"images must have shape (B, {c}, H, W), got {tuple(images.shape)}")
         if images.shape[2] % f or images.shape[3] % f:
             raise ValueError(f"image side {tuple(images.shape[2:])} must be divisible by the downsampling factor {f}")
-        lo, hi = images.min().item(), images.max().item()
+        lo, hi = torch.stack(torch.aminmax(images.detach())).float().tolist()  # one device sync
         if not (lo >= -1.0 - 1e-3 and hi <= 1.0 + 1e-3):  # also catches NaN
             raise ValueError(f"images must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]")
 

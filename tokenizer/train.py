@@ -178,7 +178,7 @@ def train(cfg: dict) -> str:
         for batch in batches:
             seen += 1
             images = batch["pixel_values"].to(accelerator.device)
-            skipped_images += int(batch["num_skipped"])
+            skipped_images = skipped_images + batch["num_skipped"]  # stays on the device: read when logging
             if images.numel() == 0:
                 continue  # every image of this batch was undecodable
             with accelerator.accumulate(model, *([disc] if disc is not None else [])):
@@ -207,9 +207,9 @@ def train(cfg: dict) -> str:
             progress.update(1)
             if ema is not None:
                 ema.step(raw.parameters())
-            last = {k: float(v) for k, v in logs.items()}
             if global_step % t.log_every == 0 or global_step == max_steps:
-                accelerator.log({**last, "lr": sched_g.get_last_lr()[0], "data/skipped_images": skipped_images},
+                last = {k: float(v) for k, v in logs.items()}  # host syncs only when logging
+                accelerator.log({**last, "lr": sched_g.get_last_lr()[0], "data/skipped_images": int(skipped_images)},
                                 step=global_step)
                 progress.set_postfix(loss=f"{last['loss/total']:.4f}")
             if global_step % t.checkpointing_steps == 0 or global_step == max_steps:
@@ -244,7 +244,7 @@ def train(cfg: dict) -> str:
         with open(os.path.join(t.output_dir, "train_summary.json"), "w") as f:
             json.dump({"steps": global_step, "epochs": global_step / steps_per_epoch,
                        "wall_seconds": round(time.time() - start, 1), "processes": accelerator.num_processes,
-                       "skipped_images": skipped_images, "last_losses": last,
+                       "skipped_images": int(skipped_images), "last_losses": last,
                        "last_epoch_codebook": summary}, f, indent=2)
         if t.push_to_hub:
             raw.push_to_hub(t.hub_model_id)
