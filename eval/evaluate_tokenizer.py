@@ -20,16 +20,16 @@ from .metrics import CodebookUsage, l1_error, psnr, ssim
 from .metrics.perceptual import lpips_distance
 
 
-def save_reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: str, per_row: int = 8):
-    """PNG: rows alternate originals / reconstructions; inputs (N, C, H, W) in [-1, 1]."""
-    from torchvision.utils import make_grid, save_image
+def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, per_row: int = 8) -> torch.Tensor:
+    """(3, H', W') float grid in [0, 1]: rows alternate originals / reconstructions; inputs in [-1, 1]."""
+    from torchvision.utils import make_grid
 
     n = (len(originals) // per_row) * per_row or len(originals)
     rows = []
     for i in range(0, n, per_row):
         rows += [originals[i:i + per_row], reconstructions[i:i + per_row]]
-    x = torch.cat(rows).float().clamp(-1, 1).add(1).div(2)
-    save_image(make_grid(x, nrow=min(per_row, n), padding=2, pad_value=1.0), path)
+    x = torch.cat(rows).detach().float().cpu().clamp(-1, 1).add(1).div(2)
+    return make_grid(x, nrow=min(per_row, n), padding=2, pad_value=1.0)
 
 
 def save_usage_plot(counts: torch.Tensor, path: str, title: str):
@@ -102,7 +102,9 @@ def evaluate_tokenizer(model, dataset, output_dir: str, batch_size: int = 256, l
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     gx, gy = torch.cat(grid_x)[:grid_images], torch.cat(grid_y)[:grid_images]
-    save_reconstruction_grid(gx, gy, os.path.join(output_dir, "reconstructions.png"))
+    from torchvision.utils import save_image
+
+    save_image(reconstruction_grid(gx, gy), os.path.join(output_dir, "reconstructions.png"))
     save_usage_plot(usage.counts.sum(0) if usage.shared_codebook else usage.counts.flatten(),
                     os.path.join(output_dir, "code_usage.png"),
                     f"{model.config.quantizer_kind}, K={usage.codebook_size}: utilisation {summary['utilisation']:.1%}")

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from eval.data import build_dataset, collate_skipping_bad
+from eval.evaluate_tokenizer import reconstruction_grid
 from eval.metrics import CodebookUsage
 
 from .checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
@@ -63,16 +64,6 @@ def check_config(cfg: dict) -> None:
         raise ValueError("exact resume needs a map-style dataset; turn data.streaming off to resume")
     if os.path.exists(t.output_dir) and not os.path.isdir(t.output_dir):
         raise ValueError(f"training.output_dir {t.output_dir!r} exists and is not a directory")
-
-
-def image_grid(originals: torch.Tensor, reconstructions: torch.Tensor, n: int = 8) -> torch.Tensor:
-    """(3, H', W') uint8 grid: originals on the top row, reconstructions below; inputs in [-1, 1]."""
-    from torchvision.utils import make_grid
-
-    x = torch.cat([originals[:n], reconstructions[:n]]).float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    if x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    return make_grid(x.cpu(), nrow=min(n, len(originals)), padding=2)
 
 
 def train(cfg: dict) -> str:
@@ -230,7 +221,7 @@ def train(cfg: dict) -> str:
                          "epoch": epoch}, step=global_step)
         if accelerator.is_main_process and tracker == "tensorboard" and images.numel():
             writer = accelerator.get_tracker("tensorboard", unwrap=True)
-            writer.add_image("reconstructions", image_grid(images, out.sample.detach()), global_step)
+            writer.add_image("reconstructions", reconstruction_grid(images[:8], out.sample[:8]), global_step)
         if global_step >= max_steps:
             break
     progress.close()
