@@ -17,8 +17,8 @@ import yaml
 
 def _coerce(value, annotation, where: str):
     """value (from YAML or a command line string) as `annotation`, or a ValueError naming `where`."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"typing": typing})  # postponed annotations of simple builtins
+    if isinstance(annotation, str):  # an annotation get_type_hints could not resolve: accept as given
+        return value
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(annotation)
