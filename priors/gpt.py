@@ -156,8 +156,12 @@ class GPTPrior(ModelMixin, ConfigMixin):
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(h).unflatten(-1, (self.config.tokens_per_position, self.config.codebook_size))
 
-    def forward(self, indices: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
-        """Logits (B, L, m, K) for every position (materialised: use `loss` to train large vocabularies)."""
+    def forward(self, indices: torch.Tensor, class_labels: torch.Tensor, return_loss: bool = False,
+                loss_chunk_size: int = 4096) -> torch.Tensor:
+        """Logits (B, L, m, K) for every position (materialised), or with return_loss=True the
+        memory-aware mean cross-entropy of `loss` (the training call: it goes through DDP's forward)."""
+        if return_loss:
+            return self.loss(indices, class_labels, loss_chunk_size)
         return self._logits(self.hidden_states(indices, class_labels))
 
     def loss(self, indices: torch.Tensor, class_labels: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:

@@ -23,14 +23,14 @@ from eval.data import build_dataset, collate_skipping_bad
 from eval.evaluate_tokenizer import reconstruction_grid
 from eval.metrics import CodebookUsage
 
+from .accelerator import build_accelerator
 from .checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import load_config
 from .losses import TokenizerLoss
 from .model import VQTokenizer
-from .train_config import DataConfig, LossConfig, TrainingConfig
+from .train_config import DataConfig, LossConfig, TrainingConfig, check_training
 
 SCHEMAS = {"model": VQTokenizer.__init__, "loss": LossConfig, "data": DataConfig, "training": TrainingConfig}
-MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 def parse_config(argv=None) -> dict:
@@ -43,33 +43,18 @@ def parse_config(argv=None) -> dict:
 def check_config(cfg: dict) -> None:
     """Everything that can be wrong with a config, before any work or write."""
     t, d = cfg["training"], cfg["data"]
-    if t.mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"training.mixed_precision must be one of {MIXED_PRECISION}, got {t.mixed_precision!r}")
-    for name in ("batch_size", "gradient_accumulation_steps", "num_epochs", "checkpointing_steps", "log_every"):
-        if getattr(t, name) <= 0:
-            raise ValueError(f"training.{name} must be > 0, got {getattr(t, name)}")
-    if t.max_train_steps is not None and t.max_train_steps <= 0:
-        raise ValueError(f"training.max_train_steps must be > 0, got {t.max_train_steps}")
-    if t.lr <= 0:
-        raise ValueError(f"training.lr must be > 0, got {t.lr}")
-    if not 0 < t.ema_decay < 1:
-        raise ValueError(f"training.ema_decay must be in (0, 1), got {t.ema_decay}")
-    if t.push_to_hub and not t.hub_model_id:
-        raise ValueError("training.push_to_hub needs training.hub_model_id (e.g. 'you/vqgan-lc-f16-100k')")
+    check_training(t)
     if d.channels != cfg["model"].get("in_channels", 3):
         raise ValueError(f"data.channels={d.channels} does not match model.in_channels={cfg['model'].get('in_channels', 3)}")
     if d.streaming and t.max_train_steps is None:
         raise ValueError("a streamed dataset has no length: set training.max_train_steps")
     if d.streaming and t.resume_from_checkpoint:
         raise ValueError("exact resume needs a map-style dataset; turn data.streaming off to resume")
-    if os.path.exists(t.output_dir) and not os.path.isdir(t.output_dir):
-        raise ValueError(f"training.output_dir {t.output_dir!r} exists and is not a directory")
 
 
 def train(cfg: dict) -> str:
     """Run the training described by a validated config; returns the saved model directory."""
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
@@ -83,18 +68,7 @@ def train(cfg: dict) -> str:
                             d.max_samples, seed=t.seed)
     resume = resolve_checkpoint(t.output_dir, t.resume_from_checkpoint) if t.resume_from_checkpoint else None
 
-    tracker = None if t.report_to in (None, "none") else t.report_to
-    # accelerate keeps one global state per process; a second run in the same process (the demo,
-    # notebooks, tests) may ask for another precision. The distributed (partial) state is kept.
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
-    accelerator = Accelerator(
-        gradient_accumulation_steps=t.gradient_accumulation_steps, mixed_precision=t.mixed_precision, log_with=tracker,
-        project_config=ProjectConfiguration(project_dir=t.output_dir, logging_dir=os.path.join(t.output_dir, "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-    if t.deterministic:
-        torch.use_deterministic_algorithms(True)
+    accelerator, tracker = build_accelerator(t)
 
     generator_params = [p for p in model.parameters() if p.requires_grad]
     opt_g = torch.optim.Adam(generator_params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,

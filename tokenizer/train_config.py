@@ -67,3 +67,27 @@ class TrainingConfig:
     deterministic: bool = False
     push_to_hub: bool = False
     hub_model_id: str | None = None
+
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def check_training(t: TrainingConfig) -> None:
+    """The checks of a `training` section shared by the tokenizer and prior loops."""
+    import os
+
+    if t.mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"training.mixed_precision must be one of {MIXED_PRECISION}, got {t.mixed_precision!r}")
+    for name in ("batch_size", "gradient_accumulation_steps", "num_epochs", "checkpointing_steps", "log_every"):
+        if getattr(t, name) <= 0:
+            raise ValueError(f"training.{name} must be > 0, got {getattr(t, name)}")
+    if t.max_train_steps is not None and t.max_train_steps <= 0:
+        raise ValueError(f"training.max_train_steps must be > 0, got {t.max_train_steps}")
+    if t.lr <= 0:
+        raise ValueError(f"training.lr must be > 0, got {t.lr}")
+    if not 0 < t.ema_decay < 1:
+        raise ValueError(f"training.ema_decay must be in (0, 1), got {t.ema_decay}")
+    if t.push_to_hub and not t.hub_model_id:
+        raise ValueError("training.push_to_hub needs training.hub_model_id (e.g. 'you/model-name')")
+    if os.path.exists(t.output_dir) and not os.path.isdir(t.output_dir):
+        raise ValueError(f"training.output_dir {t.output_dir!r} exists and is not a directory")
