@@ -18,36 +18,68 @@ def _run_benchmark(argv):
     return module["main"](argv)
 
 
-DEMO_PRESET = os.path.join(ROOT, "configs", "fashion-mnist-looc-cpu.yaml")
-
-
 def cmd_demo(args):
-    """The main job: train a small LooC tokenizer on Fashion-MNIST on the CPU, evaluate it on the
-    test split and write the report (metrics.json, reconstructions.png, code_usage.png)."""
-    import json
-    import time
+    """The main job: tokenizer, token extraction, classifier, four priors as pipelines, per-class
+    samples and their class accuracy, on Fashion-MNIST on the CPU (lcgen_demo.py)."""
+    from lcgen_demo import format_report, run_demo
 
-    from eval.evaluate_tokenizer import run as evaluate
-    from tokenizer.train import parse_config, train
+    families = tuple(args.priors.split(",")) if args.priors else None
+    report = run_demo(args.output, args.quick, **({"families": families} if families else {}), lpips=args.lpips,
+                      lpips_vgg_weights=args.lpips_vgg_weights)
+    print("\n" + format_report(report, os.path.abspath(args.output)))
 
-    out = os.path.abspath(args.output)
-    steps, eval_samples = (150, 2000) if args.quick else (1500, None)
-    start = time.time()
-    cfg = parse_config(["--config", DEMO_PRESET, "--output_dir", os.path.join(out, "tokenizer"),
-                        "--max_train_steps", str(steps), "--checkpointing_steps", "300"])
-    model_dir = train(cfg)
-    trained = time.time() - start
-    metrics = evaluate(model_dir, "fashion-mnist", "test", output_dir=os.path.join(out, "eval"),
-                       max_samples=eval_samples, lpips=args.lpips, lpips_vgg_weights=args.lpips_vgg_weights)
-    report = {"tokenizer": model_dir, "preset": os.path.relpath(DEMO_PRESET, ROOT), "train_steps": steps,
-              "train_seconds": round(trained, 1), "total_seconds": round(time.time() - start, 1),
-              "test_metrics": metrics}
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"\nLooC 256x4 on Fashion-MNIST, {steps} steps ({trained:.0f} s): "
-          f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}, l1 {metrics['l1']:.4f}, "
-          f"utilisation {metrics['utilisation']:.1%}, perplexity {metrics['perplexity']:.1f} "
-          f"on {metrics['images']} test images\nreport: {out}/report.json, {out}/eval/")
+
+def cmd_extract(args):
+    from priors.extract import extract
+
+    store = tuple(s.strip() for s in args.store.split(","))
+    meta = extract(args.tokenizer, args.dataset, args.output, args.split, args.resolution, args.data_dir,
+                   args.max_samples, args.flip_view, store, args.latent_dtype, args.batch_size, args.shard_size,
+                   args.device, args.num_workers)
+    print(f"wrote {meta['num_shards']} shard(s) of {meta['num_images']} images to {args.output} "
+          f"(indices {meta['index_shape']}, latents {meta['latent_shape']}, {meta['views']} view(s))")
+
+
+def cmd_train_prior(args, extra):
+    from priors.train import parse_config, train
+
+    train(parse_config((["--config", args.config] if args.config else []) + extra))
+
+
+def cmd_sample(args):
+    import torch
+    from torchvision.utils import save_image
+
+    from pipelines import load_pipeline
+
+    if args.num_images <= 0:
+        raise ValueError(f"--num-images must be > 0, got {args.num_images}")
+    pipe = load_pipeline(args.pipeline).to(args.device)
+    class_ids = None
+    if args.class_id:
+        class_ids = [int(c) if c.strip().lstrip("-").isdigit() else c.strip() for c in args.class_id.split(",")]
+    kwargs = {k: v for k, v in dict(guidance_scale=args.guidance_scale, num_inference_steps=args.num_inference_steps,
+                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p).items()
+              if v is not None}
+    if pipe.family == "gpt":
+        kwargs.pop("num_inference_steps", None)
+    else:
+        for k in ("temperature", "top_k", "top_p"):
+            kwargs.pop(k, None)
+    os.makedirs(args.output, exist_ok=True)
+    images = pipe(class_id=class_ids, num_images_per_class=args.num_images, output_type="pt",
+                  generator=torch.Generator(args.device).manual_seed(args.seed), **kwargs).images
+    for i, img in enumerate(images):
+        save_image(img, os.path.join(args.output, f"{i:05d}.png"))
+    save_image(images, os.path.join(args.output, "grid.png"), nrow=args.num_images)
+    print(f"wrote {len(images)} images and grid.png to {args.output}")
+
+
+def cmd_train_classifier(args):
+    from eval.classifier import train_classifier
+
+    m = train_classifier(args.output, args.dataset, args.epochs, args.batch_size, max_samples=args.max_samples)
+    print(f"test accuracy {m['test_accuracy']:.4f} on {m['test_images']} images; saved {args.output}")
 
 
 def cmd_train_tokenizer(args, extra):
@@ -84,13 +116,58 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lcgen", description="Large-codebook image tokenizers and generators.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="the main job: train + evaluate a small LooC tokenizer on Fashion-MNIST")
-    d.add_argument("--quick", action="store_true", help="a smaller run for smoke tests (about 1-2 minutes)")
+    d = sub.add_parser("demo", help="the main job: tokenizer + four priors as pipelines on Fashion-MNIST, on the CPU")
+    d.add_argument("--quick", action="store_true", help="a smaller run for smoke tests (under 3 minutes)")
     d.add_argument("--output", default="outputs/demo", help="report folder")
+    d.add_argument("--priors", default=None, help="comma-separated subset of gpt,ldm,dit,sit (default: all)")
     d.add_argument("--lpips", choices=["auto", "on", "off", "random"], default="auto",
                    help="LPIPS needs the torchvision VGG16 weights; auto skips it when they are unavailable")
     d.add_argument("--lpips-vgg-weights", default=None, help="local torchvision vgg16 weights file")
     d.set_defaults(func=cmd_demo)
+
+    x = sub.add_parser("extract", help="encode a dataset once with a tokenizer: token/latent shards for the priors")
+    x.add_argument("tokenizer", help="a saved VQTokenizer folder")
+    x.add_argument("--dataset", default="fashion-mnist")
+    x.add_argument("--split", default="train")
+    x.add_argument("--output", required=True, help="the shard folder (rerun with the same arguments to resume)")
+    x.add_argument("--resolution", type=int, default=None)
+    x.add_argument("--data-dir", default=None)
+    x.add_argument("--max-samples", type=int, default=None)
+    x.add_argument("--flip-view", action="store_true", help="also store the horizontally flipped view (LlamaGen)")
+    x.add_argument("--store", default="indices,latents", help="indices (GPT), latents (LDM/DiT/SiT) or both")
+    x.add_argument("--latent-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    x.add_argument("--batch-size", type=int, default=256)
+    x.add_argument("--shard-size", type=int, default=10_000)
+    x.add_argument("--device", default="cpu")
+    x.add_argument("--num-workers", type=int, default=0)
+    x.set_defaults(func=cmd_extract)
+
+    tp = sub.add_parser("train-prior", help="train a GPT/LDM/DiT/SiT prior in this process (same code as "
+                        "`accelerate launch -m priors.train`); other --key value pairs override the preset")
+    tp.add_argument("--config", default=None, help="a preset, e.g. configs/fashion-mnist-dit-cpu.yaml")
+    tp.set_defaults(func=cmd_train_prior, takes_extra=True)
+
+    s = sub.add_parser("sample", help="sample a saved pipeline: PNGs and a grid")
+    s.add_argument("pipeline", help="a saved pipeline folder or Hub repo id")
+    s.add_argument("--class-id", default=None, help="comma-separated class ids or names (none: unconditional)")
+    s.add_argument("--num-images", type=int, default=8, help="images per class")
+    s.add_argument("--output", required=True)
+    s.add_argument("--guidance-scale", type=float, default=None)
+    s.add_argument("--num-inference-steps", type=int, default=None)
+    s.add_argument("--temperature", type=float, default=None)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_sample)
+
+    k = sub.add_parser("train-classifier", help="the Fashion-MNIST classifier that judges samples")
+    k.add_argument("--output", required=True)
+    k.add_argument("--dataset", default="fashion-mnist")
+    k.add_argument("--epochs", type=int, default=2)
+    k.add_argument("--batch-size", type=int, default=128)
+    k.add_argument("--max-samples", type=int, default=None)
+    k.set_defaults(func=cmd_train_classifier)
 
     t = sub.add_parser("train-tokenizer", help="train a tokenizer in this process (same code as "
                        "`accelerate launch -m tokenizer.train`); other --key value pairs override the preset")
