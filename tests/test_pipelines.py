@@ -1,0 +1,188 @@
+"""The four pipelines: `pipe(class_id=...)` by id, list and name, outputs, determinism, bad input,
+save/load with identical samples, loading from the Hub cache offline, and push_to_hub's upload."""
+import json
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from tiny import NAMES, tiny_pipeline
+
+from pipelines import VQDiTPipeline, VQGPTPipeline, VQLDMPipeline, VQSiTPipeline, load_pipeline
+
+FAMILIES = ["gpt", "ldm", "dit", "sit"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def pipe(request):
+    p = tiny_pipeline(request.param)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def sample(p, seed=0, **kw):
+    return p(generator=torch.Generator().manual_seed(seed), output_type="pt", **{"class_id": [1, 2], **kw}).images
+
+
+def test_class_ids_names_and_outputs(pipe):
+    out = pipe(class_id=[1, "class2", "frock"], num_images_per_class=2, generator=torch.Generator().manual_seed(0),
+               output_type="pt")
+    assert out.images.shape == (6, 1, 28, 28) and 0 <= out.images.min() and out.images.max() <= 1
+    pil = pipe(class_id=4, generator=torch.Generator().manual_seed(0)).images
+    assert len(pil) == 1 and isinstance(pil[0], PIL.Image.Image) and pil[0].size == (28, 28) and pil[0].mode == "L"
+    arr = pipe(class_id="dress", output_type="np", return_dict=False)[0]
+    assert isinstance(arr, np.ndarray) and arr.shape == (1, 28, 28, 1)
+    assert pipe.get_label_ids("dress") == [3] and pipe.get_label_ids(["class1", "frock"]) == [1, 3]
+
+
+def test_fixed_generator_is_deterministic(pipe):
+    a, b, c = sample(pipe, 0), sample(pipe, 0), sample(pipe, 1)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    assert pipe(class_id=[1, 2], generator=gens, output_type="pt").images.shape[0] == 2
+
+
+def test_save_and_load_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    index = json.load(open(tmp_path / "model_index.json"))
+    assert index["_class_name"] == type(pipe).__name__ and index["vqvae"] == ["tokenizer.model", "VQTokenizer"]
+    assert not list(tmp_path.rglob("*.bin")) and list(tmp_path.rglob("*.safetensors"))
+    loaded = type(pipe).from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.id2label == pipe.id2label and loaded.id2label[3] == "dress, frock"
+    assert torch.equal(sample(loaded, 5), sample(pipe, 5))
+    assert type(load_pipeline(str(tmp_path))) is type(pipe)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"class_id": 10}, "out of range"),
+    ({"class_id": -1}, "out of range"),
+    ({"class_id": "unicorn"}, "not in id2label"),
+    ({"class_id": None}, "class_id is required"),
+    ({"class_id": []}, "empty"),
+    ({"class_id": 1.5}, "ints or class names"),
+    ({"class_id": 1, "num_images_per_class": 0}, "num_images_per_class"),
+    ({"class_id": [1, 2], "generator": [torch.Generator()]}, "generators for 2 images"),
+    ({"class_id": 1, "output_type": "latent"}, "output_type"),
+    ({"class_id": 1, "guidance_scale": -1.0}, "guidance_scale"),
+])
+def test_bad_inputs(pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pipe(**kwargs)
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5])
+@pytest.mark.parametrize("family", ["ldm", "dit", "sit"])
+def test_bad_step_counts(family, steps):
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        tiny_pipeline(family)(class_id=1, num_inference_steps=steps)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"temperature": -1.0}, "temperature"), ({"top_k": -2}, "top_k"),
+                                          ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p")])
+def test_bad_gpt_sampling_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_pipeline("gpt")(class_id=1, **kwargs)
+
+
+def test_bad_sit_sampler():
+    with pytest.raises(ValueError, match="sampling_method"):
+        tiny_pipeline("sit")(class_id=1, sampling_method="dopri5")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unconditional_pipelines(family):
+    pipe = tiny_pipeline(family, num_classes=0)
+    assert pipe(num_images_per_class=3, output_type="pt").images.shape == (3, 1, 28, 28)
+    with pytest.raises(ValueError, match="unconditional"):
+        pipe(num_images_per_class=1, guidance_scale=4.0)
+    with pytest.raises(ValueError, match="unconditional"):
+        pipe(class_id=1)
+
+
+def test_guidance_mixes_conditional_and_null_outputs():
+    """guidance_scale 0 gives the null-class sample, 1 the conditional one (same noise)."""
+    pipe = tiny_pipeline("dit")
+    null = pipe(class_id=[10 - 1], guidance_scale=0.0, generator=torch.Generator().manual_seed(0), output_type="pt")
+    for other in (2, 5):
+        assert torch.equal(null.images, pipe(class_id=[other], guidance_scale=0.0, output_type="pt",
+                                             generator=torch.Generator().manual_seed(0)).images)
+    assert not torch.equal(pipe(class_id=[2], guidance_scale=1.0, generator=torch.Generator().manual_seed(0),
+                                output_type="pt").images, null.images)
+
+
+def test_mismatched_components_are_rejected():
+    from tiny import tiny_dit, tiny_gpt, tiny_tokenizer
+
+    tok, other = tiny_tokenizer(), tiny_tokenizer("vq", embed_dim=8)
+    with pytest.raises(ValueError, match="tokenizer"):
+        VQGPTPipeline(other, tiny_gpt(tok))
+    with pytest.raises(ValueError, match="embed_dim"):
+        VQSiTPipeline(other, tiny_dit(tok))
+    with pytest.raises(ValueError, match="id2label"):
+        VQSiTPipeline(tok, tiny_dit(tok), id2label={12: "x"})
+
+
+def _fake_hub_cache(cache, repo_id, folder):
+    """huggingface_hub's cache layout: models--owner--name/{refs/main, snapshots/<commit>/...}."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, os.path.join(root, "snapshots", commit))
+    os.makedirs(os.path.join(root, "refs"))
+    with open(os.path.join(root, "refs", "main"), "w") as f:
+        f.write(commit)
+
+
+def test_from_pretrained_repo_id_offline_from_the_hub_cache(tmp_path, monkeypatch):
+    pipe = tiny_pipeline("dit")
+    pipe.save_pretrained(tmp_path / "saved")
+    _fake_hub_cache(str(tmp_path / "cache"), "lcgen/tiny-dit", str(tmp_path / "saved"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    loaded = VQDiTPipeline.from_pretrained("lcgen/tiny-dit", cache_dir=str(tmp_path / "cache"))
+    assert torch.equal(sample(loaded), sample(pipe))
+    with pytest.raises(Exception):
+        VQDiTPipeline.from_pretrained("lcgen/not-cached", cache_dir=str(tmp_path / "cache"))
+
+
+def test_push_to_hub_uploads_pipeline_card_and_grid(monkeypatch, tmp_path):
+    """huggingface_hub is intercepted at HfApi.create_repo / upload_folder (the calls that would go
+    over HTTP); the uploaded folder must load back and carry the model card and example grid."""
+    from huggingface_hub import HfApi
+
+    uploaded = {}
+
+    class Repo:
+        repo_id = "you/tiny-ldm"
+
+    def create_repo(self, repo_id, **kw):
+        uploaded["create"] = (repo_id, kw)
+        return Repo()
+
+    def upload_folder(self, repo_id, folder_path, **kw):
+        import shutil
+
+        shutil.copytree(folder_path, tmp_path / "uploaded")
+        uploaded["upload"] = (repo_id, kw)
+        return "https://huggingface.co/you/tiny-ldm/commit/0"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    pipe = tiny_pipeline("ldm")
+    pipe.register_to_config(info={"dataset": "fashion-mnist", "class_accuracy": 0.5})
+    url = pipe.push_to_hub("you/tiny-ldm", private=True, example_class_ids=[0, 3])
+    assert url.endswith("/0") and uploaded["create"] == ("you/tiny-ldm", {"private": True, "exist_ok": True})
+    files = set(os.listdir(tmp_path / "uploaded"))
+    assert {"README.md", "example_grid.png", "model_index.json", "vqvae", "unet", "scheduler"} <= files
+    card = open(tmp_path / "uploaded" / "README.md").read()
+    for needle in ("library_name: lcgen", "VQLDMPipeline", "fashion-mnist", "class_accuracy", "guidance_scale",
+                   "example_grid.png", "`unet` | `UNet2DModel`", "codebook size 32"):
+        assert needle in card, needle
+    assert PIL.Image.open(tmp_path / "uploaded" / "example_grid.png").size[0] > 28
+    loaded = VQLDMPipeline.from_pretrained(tmp_path / "uploaded")
+    assert loaded.config.info["class_accuracy"] == 0.5
