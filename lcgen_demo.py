@@ -1,6 +1,7 @@
 """The main job, `lcgen demo`: both stages end to end on Fashion-MNIST on the CPU.
 
-1. train the small LooC tokenizer and evaluate its reconstructions on the test split;
+1. train the small LooC tokenizer (K = 256, d* = 4, d = 16: 7x7 positions x 4 indices, a 16x7x7
+   latent the size of the image) and evaluate its reconstructions on the test split;
 2. extract its tokens and latents from the training split (`priors.extract`);
 3. train a Fashion-MNIST classifier on the real training set (the judge of the samples);
 4. train GPT, LDM, DiT and SiT priors on the shards and save them as pipelines under
@@ -16,15 +17,15 @@ import shutil
 import time
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-TOKENIZER_PRESET = os.path.join(ROOT, "configs", "fashion-mnist-looc-cpu.yaml")
+TOKENIZER_PRESET = os.path.join(ROOT, "configs", "fashion-mnist-looc-d16-cpu.yaml")
 FAMILIES = ("gpt", "ldm", "dit", "sit")
 
 # (tokenizer steps, tokenizer eval images, extracted train images, classifier images/epochs,
 #  prior steps, samples per class)
 BUDGETS = {
-    "full": dict(tokenizer_steps=600, eval_images=None, extract_images=None, classifier_images=None,
+    "full": dict(tokenizer_steps=1000, eval_images=None, extract_images=None, classifier_images=None,
                  classifier_epochs=2, prior_steps=400, samples_per_class=20),
-    "quick": dict(tokenizer_steps=100, eval_images=2000, extract_images=10000, classifier_images=10000,
+    "quick": dict(tokenizer_steps=150, eval_images=2000, extract_images=10000, classifier_images=10000,
                   classifier_epochs=1, prior_steps=60, samples_per_class=4),
 }
 
@@ -118,7 +119,7 @@ def run_demo(output: str, quick: bool = False, families=FAMILIES, lpips: str = "
 
 def format_report(report: dict, out: str) -> str:
     m = report["tokenizer_metrics"]
-    lines = [f"tokenizer (LooC 256x4, {report['tokenizer_steps']} steps): PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, "
+    lines = [f"tokenizer (LooC 256x4, d=16, {report['tokenizer_steps']} steps): PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, "
              f"utilisation {m['utilisation']:.1%} on {m['images']} test images",
              f"classifier: {report['classifier']['test_accuracy']:.1%} test accuracy "
              f"({report['classifier']['train_images']} training images)",

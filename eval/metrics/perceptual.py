@@ -37,7 +37,12 @@ def load_lpips(vgg_weights: str | None = None, random_trunk: bool = False) -> nn
         raise ValueError(f"VGG16 weights file not found: {vgg_weights!r}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision's `pretrained=` deprecation inside lpips
-        model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=random_trunk or vgg_weights is not None, verbose=False)
+        try:
+            model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=random_trunk or vgg_weights is not None,
+                                verbose=False)
+        except OSError as e:  # the VGG16 download failed (no network, HF_HUB_OFFLINE unset)
+            raise ValueError(f"LPIPS needs the torchvision VGG16 weights and downloading them failed ({e}): pass a "
+                             "local file (e.g. --lpips_vgg_weights vgg16-397923af.pth)") from None
     if vgg_weights is not None:
         state = _load_state_dict(vgg_weights)
         for sl in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
