@@ -66,9 +66,9 @@ def cmd_sample(args):
     else:
         for k in ("temperature", "top_k", "top_p"):
             kwargs.pop(k, None)
-    os.makedirs(args.output, exist_ok=True)
     images = pipe(class_id=class_ids, num_images_per_class=args.num_images, output_type="pt",
                   generator=torch.Generator(args.device).manual_seed(args.seed), **kwargs).images
+    os.makedirs(args.output, exist_ok=True)  # after sampling: bad arguments leave nothing behind
     for i, img in enumerate(images):
         save_image(img, os.path.join(args.output, f"{i:05d}.png"))
     save_image(images, os.path.join(args.output, "grid.png"), nrow=args.num_images)

@@ -30,13 +30,38 @@ def test_benchmark_search_prints_the_table(capsys):
 
 
 @pytest.mark.slow
-def test_quick_demo_trains_evaluates_and_reports(tmp_path, capsys):
+def test_quick_demo_runs_both_stages_and_reports_class_accuracy(tmp_path, capsys):
     lcgen_cli.main(["demo", "--quick", "--output", str(tmp_path)])
     report = json.loads((tmp_path / "report.json").read_text())
-    m = report["test_metrics"]
-    assert report["train_steps"] == 150 and m["images"] == 2000 and m["quantizer"] == "looc"
+    m = report["tokenizer_metrics"]
+    assert report["tokenizer_steps"] == 150 and m["images"] == 2000 and m["quantizer"] == "looc"
     # LooC keeps its small shared codebook in use, and 150 steps already beat a flat image (~9 dB)
     assert m["utilisation"] > 0.9 and m["psnr"] > 12
-    for f in ("eval/metrics.json", "eval/reconstructions.png", "eval/code_usage.png", "tokenizer/model/config.json"):
+    assert report["extraction"]["num_images"] == 10000 and report["extraction"]["index_shape"] == [7, 7, 4]
+    assert report["classifier"]["test_accuracy"] > 0.6  # 1 epoch on 10,000 images: ~0.8; chance is 0.1
+    assert sorted(report["priors"]) == ["dit", "gpt", "ldm", "sit"]
+    for family, r in report["priors"].items():
+        assert len(r["per_class_accuracy"]) == 10
+        assert abs(sum(r["per_class_accuracy"]) / 10 - r["class_accuracy"]) < 0.01  # 4 samples per class
+        assert (tmp_path / "samples" / f"{family}.png").is_file()
+        assert (tmp_path / "pipelines" / family / "model_index.json").is_file()
+    for f in ("eval/metrics.json", "eval/reconstructions.png", "tokenizer/model/config.json", "shards/extraction.json",
+              "classifier/model.safetensors" if (tmp_path / "classifier/model.safetensors").exists()
+              else "classifier/diffusion_pytorch_model.safetensors"):
         assert (tmp_path / f).is_file(), f
-    assert "PSNR" in capsys.readouterr().out
+    assert "class acc" in capsys.readouterr().out
+
+
+def test_sample_command_writes_pngs_and_grid(tmp_path, capsys):
+    sys.path.insert(0, str(tmp_path.parent))
+    from tiny import tiny_pipeline
+
+    tiny_pipeline("sit").save_pretrained(tmp_path / "pipe")
+    lcgen_cli.main(["sample", str(tmp_path / "pipe"), "--class-id", "1,frock", "--num-images", "3",
+                    "--num-inference-steps", "2", "--output", str(tmp_path / "out")])
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["00000.png", "00001.png", "00002.png", "00003.png", "00004.png", "00005.png", "grid.png"]
+    with pytest.raises(SystemExit) as exc:
+        lcgen_cli.main(["sample", str(tmp_path / "pipe"), "--class-id", "12", "--output", str(tmp_path / "bad")])
+    assert "error: class_id 12 is out of range [0, 10)" in str(exc.value)
+    assert not (tmp_path / "bad").exists()
