@@ -24,7 +24,7 @@ FAMILIES = ("gpt", "ldm", "dit", "sit")
 #  prior steps, samples per class)
 BUDGETS = {
     "full": dict(tokenizer_steps=1000, eval_images=None, extract_images=None, classifier_images=None,
-                 classifier_epochs=2, prior_steps=400, samples_per_class=20),
+                 classifier_epochs=2, prior_steps=500, samples_per_class=20),
     "quick": dict(tokenizer_steps=150, eval_images=2000, extract_images=10000, classifier_images=10000,
                   classifier_epochs=1, prior_steps=60, samples_per_class=4),
 }
