@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tokenizer.accelerator import build_accelerator
-from tokenizer.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
+from tokenizer.checkpointing import resolve_checkpoint, resume_position, save_checkpoint
 from tokenizer.config import load_config
 from tokenizer.train_config import check_training
 
@@ -142,13 +142,8 @@ def train(cfg: dict) -> str:
         ema.to(accelerator.device)
     tokenizer.to(accelerator.device)
 
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    if resume:
-        global_step, path = resume
-        load_checkpoint(accelerator, path, ema)
-        first_epoch = global_step // steps_per_epoch
-        skip_batches = (global_step % steps_per_epoch) * t.gradient_accumulation_steps
-        accelerator.print(f"resumed from {path} at step {global_step}")
+    global_step, first_epoch, skip_batches = resume_position(accelerator, resume, ema, steps_per_epoch,
+                                                             t.gradient_accumulation_steps)
     if accelerator.is_main_process and tracker:
         accelerator.init_trackers(f"prior-{p.family}", config={f"{k}.{f}": str(v) for k, sec in cfg.items()
                                                               for f, v in vars(sec).items()})

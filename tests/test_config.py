@@ -12,6 +12,16 @@ PRESET = os.path.join(ROOT, "configs", "fashion-mnist-looc-cpu.yaml")
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))))
 def test_every_preset_parses(path):
+    import yaml
+
+    if "prior" in yaml.safe_load(open(path)):  # a stage-two preset
+        from priors.families import check_family
+        from priors.train import parse_config as parse_prior_config
+
+        cfg = parse_prior_config(["--config", path])
+        check_family(cfg["prior"].family, cfg["prior"].size)
+        assert cfg["training"].lr > 0 and cfg["sampling"].guidance_scale >= 1
+        return
     cfg = parse_config(["--config", path])
     assert cfg["training"].lr > 0 and cfg["model"]["quantizer_kind"]
 

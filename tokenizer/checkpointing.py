@@ -75,3 +75,14 @@ def load_checkpoint(accelerator, path: str, ema=None) -> None:
             ema.optimization_step = int(f.metadata()["optimization_step"])
         for i, p in enumerate(ema.shadow_params):
             p.data.copy_(state[f"shadow.{i}"].to(p.device))
+
+
+def resume_position(accelerator, resume, ema, steps_per_epoch: int, accumulation: int) -> tuple[int, int, int]:
+    """Load `resume` = (step, path) (or nothing when None) -> (global_step, first_epoch, batches to
+    skip in that epoch), the position an interrupted run continues from."""
+    if not resume:
+        return 0, 0, 0
+    step, path = resume
+    load_checkpoint(accelerator, path, ema)
+    accelerator.print(f"resumed from {path} at step {step}")
+    return step, step // steps_per_epoch, (step % steps_per_epoch) * accumulation

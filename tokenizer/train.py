@@ -24,7 +24,7 @@ from eval.evaluate_tokenizer import reconstruction_grid
 from eval.metrics import CodebookUsage
 
 from .accelerator import build_accelerator
-from .checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpointing import resolve_checkpoint, resume_position, save_checkpoint
 from .config import load_config
 from .losses import TokenizerLoss
 from .model import VQTokenizer
@@ -114,13 +114,8 @@ def train(cfg: dict) -> str:
     if ema is not None:
         ema.to(accelerator.device)
 
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    if resume:
-        global_step, path = resume
-        load_checkpoint(accelerator, path, ema)
-        first_epoch = global_step // steps_per_epoch
-        skip_batches = (global_step % steps_per_epoch) * t.gradient_accumulation_steps
-        accelerator.print(f"resumed from {path} at step {global_step}")
+    global_step, first_epoch, skip_batches = resume_position(accelerator, resume, ema, steps_per_epoch,
+                                                             t.gradient_accumulation_steps)
     if accelerator.is_main_process and tracker:
         accelerator.init_trackers("tokenizer", config={k: str(v) for k, v in _flat(cfg).items()})
 
