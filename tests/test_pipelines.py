@@ -186,3 +186,14 @@ def test_push_to_hub_uploads_pipeline_card_and_grid(monkeypatch, tmp_path):
     assert PIL.Image.open(tmp_path / "uploaded" / "example_grid.png").size[0] > 28
     loaded = VQLDMPipeline.from_pretrained(tmp_path / "uploaded")
     assert loaded.config.info["class_accuracy"] == 0.5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_torch_dtype_on_load(family, tmp_path):
+    pipe = tiny_pipeline(family)
+    pipe.save_pretrained(tmp_path)
+    low = type(pipe).from_pretrained(tmp_path, dtype=torch.bfloat16)  # diffusers 0.42: dtype, was torch_dtype
+    assert low.denoiser.dtype == torch.bfloat16 if family != "gpt" else low.transformer.dtype == torch.bfloat16
+    images = low(class_id=[0, 1], generator=torch.Generator().manual_seed(0), output_type="pt").images
+    ref = sample(pipe, 0, class_id=[0, 1])
+    assert images.dtype == torch.float32 and torch.isfinite(images).all() and images.shape == ref.shape
