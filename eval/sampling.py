@@ -1,0 +1,120 @@
+"""Sample a pipeline at scale for FID: `accelerate launch -m eval.sampling --pipeline DIR --output DIR
+--num-samples 50000 [--class-balanced] [--npz]`.
+
+Image i (0 <= i < N) gets its own generator seeded by (seed, i) and its own class (i mod C when
+class-balanced, else drawn from that generator, as DiT's sample_ddp.py draws uniformly), so the
+images do not depend on the number of processes or the batch size. Rank r makes the images
+i = r, r + W, ... that are not on disk yet: an interrupted run resumes without redoing finished
+images, and no two ranks write the same image. PNGs are written atomically (tmp + rename); with
+`--npz` the main process packs them, in index order, into ADM's evaluator format: `arr_0` uint8
+(N, H, W, 3), `arr_1` int64 labels. Pixels are uint8(clamp(127.5 x + 128)) of x in [-1, 1], i.e.
+round(255 y) of the pipeline's [0, 1] output; grayscale is repeated to 3 channels.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+PNG = "{:06d}.png"
+
+
+def image_seed(seed: int, index: int) -> int:
+    return (seed * 1_000_003 + index) % (2 ** 63)
+
+
+def class_for(index: int, num_classes: int, seed: int, balanced: bool) -> int | None:
+    if num_classes == 0:
+        return None
+    if balanced:
+        return index % num_classes
+    g = torch.Generator().manual_seed(image_seed(seed, index) ^ 0x5EED)
+    return int(torch.randint(num_classes, (1,), generator=g))
+
+
+def to_uint8(images01: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [0, 1] -> (B, H, W, 3) uint8 as ADM: clamp(127.5 x + 128) with x = 2y - 1."""
+    x = images01.float() * 2 - 1
+    u8 = (127.5 * x + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return np.repeat(u8, 3, axis=-1) if u8.shape[-1] == 1 else u8
+
+
+def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64, seed: int = 0,
+             class_balanced: bool = False, npz: bool = False, device: str | None = None, **sample_kwargs) -> dict:
+    """Make the missing images of [0, num_samples) on this rank; returns counts (and the npz path)."""
+    from accelerate import PartialState
+    from PIL import Image
+
+    from pipelines import load_pipeline
+
+    if num_samples <= 0 or batch_size <= 0:
+        raise ValueError(f"num_samples and batch_size must be > 0, got {num_samples} and {batch_size}")
+    from accelerate.utils import parse_flag_from_env
+
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
+    pipe = load_pipeline(pipeline).to(device or state.device)
+    pipe.set_progress_bar_config(disable=True)
+    n_cls = pipe.num_classes
+    os.makedirs(output, exist_ok=True)
+    mine = [i for i in range(state.process_index, num_samples, state.num_processes)
+            if not os.path.isfile(os.path.join(output, PNG.format(i)))]
+    from tqdm.auto import tqdm
+
+    made = 0
+    for start in tqdm(range(0, len(mine), batch_size), disable=not state.is_local_main_process, desc="sampling"):
+        idx = mine[start:start + batch_size]
+        gens = [torch.Generator(pipe._execution_device).manual_seed(image_seed(seed, i)) for i in idx]
+        labels = [class_for(i, n_cls, seed, class_balanced) for i in idx]
+        # one generator per image: its noise does not depend on its batch mates or on the rank
+        if n_cls:
+            out = pipe(class_id=labels, generator=gens, output_type="pt", **sample_kwargs).images
+        else:
+            out = pipe(num_images_per_class=len(idx), generator=gens, output_type="pt", **sample_kwargs).images
+        for i, arr in zip(idx, to_uint8(out)):
+            path = os.path.join(output, PNG.format(i))
+            Image.fromarray(arr).save(path + ".tmp.png")
+            os.replace(path + ".tmp.png", path)
+        made += len(idx)
+    state.wait_for_everyone()
+    result = {"made": made, "rank": state.process_index, "processes": state.num_processes}
+    if state.is_main_process:
+        labels = [class_for(i, n_cls, seed, class_balanced) for i in range(num_samples)]
+        with open(os.path.join(output, "samples.json"), "w") as f:
+            json.dump({"pipeline": os.path.abspath(pipeline), "num_samples": num_samples, "seed": seed,
+                       "class_balanced": class_balanced, "labels": labels, "sampling": sample_kwargs}, f)
+        if npz:
+            arrays = np.stack([np.asarray(Image.open(os.path.join(output, PNG.format(i))).convert("RGB"))
+                               for i in range(num_samples)])
+            path = os.path.join(output, "samples.npz")
+            np.savez(path, arr_0=arrays, arr_1=np.asarray([-1 if c is None else c for c in labels], dtype=np.int64))
+            result["npz"] = path
+    return result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="eval.sampling", description=__doc__.split("\n")[0])
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--num-samples", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class-balanced", action="store_true")
+    p.add_argument("--npz", action="store_true")
+    p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--num-inference-steps", type=int, default=None)
+    a = p.parse_args(argv)
+    kwargs = {k: v for k, v in {"guidance_scale": a.guidance_scale,
+                                "num_inference_steps": a.num_inference_steps}.items() if v is not None}
+    try:
+        r = generate(a.pipeline, a.output, a.num_samples, a.batch_size, a.seed, a.class_balanced, a.npz, **kwargs)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"eval.sampling: error: {e}")
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
