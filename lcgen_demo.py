@@ -36,7 +36,6 @@ def prior_preset(family: str) -> str:
 
 def run_demo(output: str, quick: bool = False, families=FAMILIES, lpips: str = "auto",
              lpips_vgg_weights: str | None = None) -> dict:
-    import torch
     from torchvision.utils import save_image
 
     from eval.classifier import ImageClassifier, sample_class_accuracy, train_classifier
@@ -109,7 +108,6 @@ def run_demo(output: str, quick: bool = False, families=FAMILIES, lpips: str = "
                                     "samples": os.path.join(out, "samples", f"{family}.png")}
         t0 = time.time()
         del pipe
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
     report["class_names"] = report["classifier"].pop("class_names")
     report["total_seconds"] = round(time.time() - start, 1)
     with open(os.path.join(out, "report.json"), "w") as f:

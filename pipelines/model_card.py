@@ -74,7 +74,7 @@ def write_model_card(pipe, folder: str, repo_id: str, example_class_ids=None, nu
     classes = list(example_class_ids) if example_class_ids is not None else (list(range(min(n, 8))) or None)
     out = pipe(class_id=classes, num_images_per_class=num_images_per_class,
                generator=torch.Generator().manual_seed(0), output_type="pt", **sample_kwargs).images
-    save_image(out, os.path.join(folder, "example_grid.png"), nrow=max(len(classes or [1]), 1) * 1)
+    save_image(out, os.path.join(folder, "example_grid.png"), nrow=len(classes) if classes else 8)
     tok = pipe.vqvae.config
     info = dict(pipe.config.get("info") or {})
     card = CARD.format(

@@ -23,7 +23,7 @@ from tokenizer.checkpointing import resolve_checkpoint, resume_position, save_ch
 from tokenizer.config import load_config
 from tokenizer.train_config import check_training
 
-from .families import FAMILIES, PriorObjective, build_prior, check_family, data_key
+from .families import PriorObjective, build_prior, check_family, data_key
 from .shards import TokenShardDataset, read_meta
 from .train_config import PriorConfig, PriorDataConfig, PriorTrainingConfig, SamplingConfig
 from .transport import PATHS, SAMPLERS
@@ -107,7 +107,7 @@ def train(cfg: dict) -> str:
     from tokenizer import VQTokenizer
 
     meta = check_config(cfg)
-    p, d, t, s = cfg["prior"], cfg["data"], cfg["training"], cfg["sampling"]
+    p, d, t = cfg["prior"], cfg["data"], cfg["training"]
     set_seed(t.seed)
     num_classes = _num_classes(p, meta)
     tokenizer = VQTokenizer.from_pretrained(d.tokenizer or meta["tokenizer"]).eval()

@@ -7,7 +7,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from tiny import NAMES, tiny_pipeline
+from tiny import tiny_pipeline
 
 from pipelines import VQDiTPipeline, VQGPTPipeline, VQLDMPipeline, VQSiTPipeline, load_pipeline
 

@@ -1,8 +1,6 @@
 """SiT interpolants and samplers against closed forms: the exact velocity of a Gaussian data
 distribution carries N(0, 1) noise to N(mu, s^2) under every path and sampler; Euler on the linear
 path equals diffusers' FlowMatchEulerDiscreteScheduler after converting time and sign."""
-import math
-
 import pytest
 import torch
 

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 
-import torch
 from safetensors.torch import load_file, save_file
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")

@@ -14,7 +14,6 @@ every rank ends the step with the same codebook.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
