@@ -43,6 +43,19 @@ def to_uint8(images01: torch.Tensor) -> np.ndarray:
     return np.repeat(u8, 3, axis=-1) if u8.shape[-1] == 1 else u8
 
 
+def _check_resumable(output: str, settings: dict) -> None:
+    """Images already in `output` are reused only if they were drawn with the same settings."""
+    path = os.path.join(output, "samples.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    changed = [k for k in settings if json.loads(json.dumps(settings[k])) != old.get(k)]
+    if changed:
+        raise ValueError(f"{output!r} holds samples drawn with other settings ({', '.join(changed)} differ): "
+                         f"use a new output folder, or delete it to start over")
+
+
 def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64, seed: int = 0,
              class_balanced: bool = False, npz: bool = False, device: str | None = None, **sample_kwargs) -> dict:
     """Make the missing images of [0, num_samples) on this rank; returns counts (and the npz path)."""
@@ -56,10 +69,16 @@ def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64,
     from accelerate.utils import parse_flag_from_env
 
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
+    settings = {"pipeline": os.path.abspath(pipeline), "seed": seed, "class_balanced": class_balanced,
+                "sampling": sample_kwargs}
+    _check_resumable(output, settings)
     pipe = load_pipeline(pipeline).to(device or state.device)
+    os.makedirs(output, exist_ok=True)
+    if state.is_main_process and not os.path.isfile(os.path.join(output, "samples.json")):
+        with open(os.path.join(output, "samples.json"), "w") as f:  # first: an interrupted run is checked too
+            json.dump(settings, f)
     pipe.set_progress_bar_config(disable=True)
     n_cls = pipe.num_classes
-    os.makedirs(output, exist_ok=True)
     mine = [i for i in range(state.process_index, num_samples, state.num_processes)
             if not os.path.isfile(os.path.join(output, PNG.format(i)))]
     from tqdm.auto import tqdm
@@ -84,8 +103,7 @@ def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64,
     if state.is_main_process:
         labels = [class_for(i, n_cls, seed, class_balanced) for i in range(num_samples)]
         with open(os.path.join(output, "samples.json"), "w") as f:
-            json.dump({"pipeline": os.path.abspath(pipeline), "num_samples": num_samples, "seed": seed,
-                       "class_balanced": class_balanced, "labels": labels, "sampling": sample_kwargs}, f)
+            json.dump({**settings, "num_samples": num_samples, "labels": labels}, f)
         if npz:
             arrays = np.stack([np.asarray(Image.open(os.path.join(output, PNG.format(i))).convert("RGB"))
                                for i in range(num_samples)])

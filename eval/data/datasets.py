@@ -157,7 +157,8 @@ def build_dataset(name: str, split: str = "train", resolution: int | None = None
         name: "fashion-mnist", "imagefolder", a key of HUB_IDS, or a Hub dataset id "owner/name".
         split: "train", "test", "validation" ("val" accepted).
         resolution: side after resize-smallest-side + crop; None keeps the native size.
-        crop: "center" or "random"; flip: random horizontal flip.
+        crop: "center", "random", "adm" (ADM center_crop_arr) or "stretch" (no crop); flip: random
+            horizontal flip.
         channels: 1 (grayscale) or 3 (RGB); images are converted.
         streaming: stream from the Hub instead of downloading first (an IterableDataset).
         data_dir: the folder for "imagefolder" (sub-folders are classes; train/ validation/ are splits).

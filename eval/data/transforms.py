@@ -1,5 +1,12 @@
 """Standard preprocessing to float tensors in [-1, 1]: resize the smallest side, center or random
-crop, optional horizontal flip (taming / VQGAN-LC: SmallestMaxSize + Center/RandomCrop)."""
+crop, optional horizontal flip (taming / VQGAN-LC: SmallestMaxSize + Center/RandomCrop).
+
+Two evaluation protocols have their own modes:
+- "adm": ADM's `center_crop_arr` (guided-diffusion, used by DiT/SiT/LlamaGen for FID references):
+  BOX-halve while the short side is >= 2R, BICUBIC-resize the short side to R, center crop.
+- "stretch": resize to R x R ignoring the aspect ratio (BICUBIC, no crop), the clean-fid-style
+  treatment of VQGAN-LC's uncropped reference folders.
+"""
 from __future__ import annotations
 
 import io
@@ -9,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-CROPS = ("center", "random")
+CROPS = ("center", "random", "adm", "stretch")
 
 
 class ImageTransform:
@@ -37,7 +44,11 @@ class ImageTransform:
             arr = image.numpy()
             image = Image.fromarray(arr if arr.ndim == 2 else np.moveaxis(arr, 0, -1))
         image = image.convert("L" if self.channels == 1 else "RGB")
-        if self.resolution is not None:
+        if self.resolution is not None and self.crop == "stretch":
+            image = image.resize((self.resolution, self.resolution), Image.BICUBIC)
+        elif self.resolution is not None and self.crop == "adm":
+            image = adm_center_crop(image, self.resolution)
+        elif self.resolution is not None:
             w, h = image.size
             scale = self.resolution / min(w, h)
             if scale != 1:
@@ -54,6 +65,16 @@ class ImageTransform:
         x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
         x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)  # (C, H, W)
         return x.float() / 127.5 - 1.0
+
+
+def adm_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """guided-diffusion's center_crop_arr: BOX-halve while >= 2x, BICUBIC to the short side, crop."""
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.BICUBIC)
+    left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
+    return image.crop((left, top, left + size, top + size))
 
 
 def decode_image(value) -> Image.Image:
