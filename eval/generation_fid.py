@@ -11,7 +11,7 @@ import json
 import os
 import warnings
 
-from .measure import MeasureSettings, distributed_state, feature_dim, measure
+from .measure import MeasureSettings, check_reference, distributed_state, feature_dim, measure
 from .reference import resolve_reference
 
 
@@ -64,6 +64,7 @@ def evaluate_fid(output: str, reference: str, pipeline: str | None = None, sampl
     elif sample_kwargs or num_samples:
         raise ValueError("num_samples and sampling options apply to a pipeline, not to existing samples")
     ref = resolve_reference(reference, data_dir, preprocessing, reference_resolution, reference_max_samples)
+    check_reference(ref, settings)
     source = None if pipeline else _open_samples(samples)
     state = distributed_state()
 

@@ -145,6 +145,14 @@ def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | 
     return out, notes
 
 
+def check_reference(reference, settings: MeasureSettings) -> bool:
+    """Whether the reference's images are needed; an error if they are and there are none."""
+    needs_images = bool({"kid", "prc"} & set(settings.metrics)) or not reference.has_statistics
+    if needs_images and reference.images is None:
+        raise ValueError(f"KID and precision/recall need reference images; {reference.spec!r} holds only statistics")
+    return needs_images
+
+
 def measure(source, source_meta: dict, reference, output: str, settings: MeasureSettings, protocol: dict,
             batch_fn=None, state=None, device=None) -> dict | None:
     """Features of `source` (uint8 images; batch_fn maps its batches first) in <output>/features, the
@@ -152,9 +160,7 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
     start = time.time()
     state = state or distributed_state()
     device = device or state.device
-    needs_ref_images = bool({"kid", "prc"} & set(settings.metrics)) or not reference.has_statistics
-    if needs_ref_images and reference.images is None:
-        raise ValueError(f"KID and precision/recall need reference images; {reference.spec!r} holds only statistics")
+    needs_ref_images = check_reference(reference, settings)
     layers = [LAYERS[settings.extractor.name]["pool"], LAYERS[settings.extractor.name]["logits"]]
     samples = FeatureStore(os.path.join(output, "features"),
                            {"images": source_meta, "extractor": settings.extractor.fingerprint(), "layers": layers},
