@@ -98,6 +98,12 @@ def cmd_evaluate_tokenizer(args):
     print(json.dumps(metrics, indent=2))
 
 
+def cmd_evaluate(args, extra):
+    from eval.evaluate import main as evaluate_main
+
+    evaluate_main(extra + args.rest, prog="lcgen evaluate")  # argparse leaves a leading -h in `extra`
+
+
 def cmd_benchmark_search(args):
     _run_benchmark(["--size", args.size, "--rounds", str(args.rounds)] + (["--json", args.json] if args.json else []))
 
@@ -187,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lpips-vgg-weights", default=None)
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=cmd_evaluate_tokenizer)
+
+    v = sub.add_parser("evaluate", help="FID / IS / KID / precision-recall of a pipeline or samples, or rFID of a "
+                       "tokenizer, via torch-fidelity (`lcgen evaluate fid -h`, `lcgen evaluate rfid -h`); the same "
+                       "as `accelerate launch -m eval.evaluate ...` in one process", add_help=False)
+    v.add_argument("rest", nargs=argparse.REMAINDER)
+    v.set_defaults(func=cmd_evaluate, takes_extra=True)
 
     b = sub.add_parser("benchmark-search", help="nearest-code search vs faiss and the naive full matrix")
     b.add_argument("--size", choices=["smallest", "full"], default="full")

@@ -75,8 +75,10 @@ def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64,
     pipe = load_pipeline(pipeline).to(device or state.device)
     os.makedirs(output, exist_ok=True)
     if state.is_main_process and not os.path.isfile(os.path.join(output, "samples.json")):
-        with open(os.path.join(output, "samples.json"), "w") as f:  # first: an interrupted run is checked too
+        path = os.path.join(output, "samples.json")  # first: an interrupted run is checked too
+        with open(path + ".tmp", "w") as f:
             json.dump(settings, f)
+        os.replace(path + ".tmp", path)  # atomic: other ranks may be reading it
     pipe.set_progress_bar_config(disable=True)
     n_cls = pipe.num_classes
     mine = [i for i in range(state.process_index, num_samples, state.num_processes)
