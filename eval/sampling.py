@@ -38,8 +38,9 @@ def class_for(index: int, num_classes: int, seed: int, balanced: bool) -> int | 
 
 def to_uint8(images01: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) in [0, 1] -> (B, H, W, 3) uint8 as ADM: clamp(127.5 x + 128) with x = 2y - 1."""
-    x = images01.float() * 2 - 1
-    u8 = (127.5 * x + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    from .image_inputs import float_to_uint8
+
+    u8 = float_to_uint8(images01.float() * 2 - 1).permute(0, 2, 3, 1).cpu().numpy()
     return np.repeat(u8, 3, axis=-1) if u8.shape[-1] == 1 else u8
 
 
