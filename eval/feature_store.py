@@ -102,6 +102,14 @@ class FeatureStore:
     def stats_path(self, layer: str) -> str:
         return os.path.join(self.folder, f"stats-{layer}.npz")
 
+    def has_statistics(self, layer: str) -> bool:
+        """A statistics file of this very meta is on disk (no shard needed to answer)."""
+        path = self.stats_path(layer)
+        if not os.path.isfile(path):
+            return False
+        with np.load(path) as z:
+            return str(z["meta"]) == json.dumps(self.meta, sort_keys=True)
+
     # -- extraction ---------------------------------------------------------------------------
     @torch.no_grad()
     def extract(self, dataset, extractor, layers: list[str], batch_size: int, rank: int = 0, world: int = 1,
@@ -144,10 +152,10 @@ class FeatureStore:
     def statistics(self, layer: str) -> tuple[np.ndarray, np.ndarray, int]:
         """(mu, sigma, n) in float64, cached in stats-<layer>.npz; computed shard by shard."""
         path = self.stats_path(layer)
-        if os.path.isfile(path):
+        if self.has_statistics(layer):
             with np.load(path) as z:
-                if str(z["meta"]) == json.dumps(self.meta, sort_keys=True):
-                    return z["mu"].astype(np.float64), z["sigma"].astype(np.float64), int(z["n"])
+                return z["mu"].astype(np.float64), z["sigma"].astype(np.float64), int(z["n"])
+        if os.path.isfile(path):
             warnings.warn(f"{path} was made from other features: recomputing it")
         acc = StreamingStats()
         for rows in self._shards(layer):

@@ -11,6 +11,8 @@ import json
 import os
 import warnings
 
+from .extractors import LAYERS, build_extractor
+from .feature_store import rank_deficiency_warning
 from .measure import MeasureSettings, check_reference, distributed_state, feature_dim, measure
 from .reference import resolve_reference
 
@@ -27,9 +29,13 @@ def _sampling_settings(pipeline_dir: str, overrides: dict) -> dict:
     return {**saved, **overrides}
 
 
-def _open_samples(samples: str):
-    from .image_inputs import FolderImages, NpzImages
+def _open_samples(samples, value_range):
+    import torch
 
+    from .image_inputs import FolderImages, NpzImages, TensorImages
+
+    if isinstance(samples, torch.Tensor):
+        return TensorImages(samples, value_range)
     if samples.endswith(".npz"):
         return NpzImages(samples)
     if os.path.isdir(samples):
@@ -41,13 +47,15 @@ def evaluate_fid(output: str, reference: str, pipeline: str | None = None, sampl
                  num_samples: int | None = None, settings: MeasureSettings | None = None, seed: int = 0,
                  class_balanced: bool = False, sampling_batch_size: int | None = None, npz: bool = False,
                  data_dir: str | None = None, preprocessing: str = "adm", reference_resolution: int | None = None,
-                 reference_max_samples: int | None = None, **sample_kwargs) -> dict | None:
+                 reference_max_samples: int | None = None, value_range: tuple | None = None,
+                 **sample_kwargs) -> dict | None:
     """Sample (if `pipeline`), extract features, compare with `reference`; writes <output>/report.json.
 
     Args:
         output: the evaluation folder (samples/, features/, report.json); rerun to resume.
         reference: a split (imagenet-256-val ...), a statistics .npz (ADM) or an image folder / .npz.
-        pipeline / samples: what to evaluate — a saved lcgen pipeline, or a folder / .npz of samples.
+        pipeline / samples: what to evaluate — a saved lcgen pipeline, or a folder / .npz of samples, or
+            a (N, C, H, W) tensor: uint8, or floats with their value_range (-1, 1) or (0, 1).
         num_samples: images to draw from the pipeline (50,000 for published numbers).
         settings: metrics, feature extractor, batch sizes, cache (eval.measure.MeasureSettings).
         seed, class_balanced, sampling_batch_size, npz, **sample_kwargs: as eval.sampling.generate.
@@ -65,19 +73,16 @@ def evaluate_fid(output: str, reference: str, pipeline: str | None = None, sampl
         raise ValueError("num_samples and sampling options apply to a pipeline, not to existing samples")
     ref = resolve_reference(reference, data_dir, preprocessing, reference_resolution, reference_max_samples)
     check_reference(ref, settings)
-    source = None if pipeline else _open_samples(samples)
+    source = None if pipeline is not None else _open_samples(samples, value_range)
     state = distributed_state()
-
-    from .extractors import LAYERS, build_extractor
 
     dim = feature_dim(build_extractor(settings.extractor, [LAYERS[settings.extractor.name]["pool"]]), "cpu")
     if ref.has_statistics and len(ref.mu) != dim:
         raise ValueError(f"{reference!r} holds {len(ref.mu)}-dimensional statistics but {settings.extractor.name} "
                          f"gives {dim}-dimensional features: they cannot be compared")
     n = num_samples if pipeline else len(source)
-    if n <= dim and state.is_main_process:  # warn before the long part
-        warnings.warn(f"{n} samples for {dim}-dimensional features: the covariance will be rank-deficient and FID "
-                      f"biased upward (published protocols use 50,000)")
+    if (note := rank_deficiency_warning(n, dim)) and state.is_main_process:  # warn before the long part
+        warnings.warn(f"samples: {note}")
     protocol = {"evaluation": "generation"}
     if pipeline:
         from .sampling import generate
@@ -93,7 +98,7 @@ def evaluate_fid(output: str, reference: str, pipeline: str | None = None, sampl
                          "sampling": _sampling_settings(pipeline, sample_kwargs),
                          "uint8": "clamp(127.5 x + 128) of x in [-1, 1], PNG", "npz": result.get("npz")})
     else:
-        protocol.update({"samples": os.path.abspath(samples)})
+        protocol.update({"samples": os.path.abspath(samples) if isinstance(samples, str) else "tensor"})
     meta = dict(source.description)
     meta.update(source.fingerprint())
     return measure(source, meta, ref, output, settings, protocol, state=state)

@@ -56,8 +56,13 @@ def as_uint8_images(images: torch.Tensor, value_range: tuple[float, float] | Non
 
 class TensorImages(Dataset):
     def __init__(self, images: torch.Tensor, value_range=None):
-        self.images = as_uint8_images(images, value_range)
-        self.description = {"source": "tensor", "images": len(self.images)}
+        self.images = as_uint8_images(images, value_range).contiguous()
+        self.description = {"source": "tensor", "images": len(self.images), "value_range": value_range}
+
+    def fingerprint(self) -> dict:
+        import hashlib
+
+        return {"sha256": hashlib.sha256(self.images.cpu().numpy().tobytes()).hexdigest()[:16]}
 
     def __len__(self):
         return len(self.images)
@@ -78,13 +83,11 @@ class FolderImages(Dataset):
             missing = [f for f in files if not os.path.isfile(f)]
             if missing:
                 raise ValueError(f"{len(missing)} of the expected images are missing, e.g. {missing[0]!r}")
-        elif recursive:
-            files = [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs]
         else:
-            files = [os.path.join(folder, f) for f in os.listdir(folder)]
-        self.files = sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS) and ".tmp." not in f)
-        if names is not None:
-            self.files = files
+            files = ([os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs] if recursive
+                     else [os.path.join(folder, f) for f in os.listdir(folder)])
+            files = sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS) and ".tmp." not in f)
+        self.files = files
         if not self.files:
             raise ValueError(f"no {'/'.join(IMAGE_EXTENSIONS)} images in {folder!r}")
         sizes: dict[tuple[int, int], list[str]] = {}

@@ -21,6 +21,7 @@ import torch
 
 from .extractors import INCEPTION, LAYERS, ExtractorSpec, build_extractor
 from .feature_store import FeatureStore, rank_deficiency_warning
+from .reference import default_cache_root
 
 METRICS = ("fid", "isc", "kid", "prc")
 
@@ -68,16 +69,10 @@ def reference_store(reference, settings: MeasureSettings, layers) -> FeatureStor
            "extractor": settings.extractor.fingerprint(), "layers": list(layers)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     slug = re.sub(r"[^A-Za-z0-9]+", "-", reference.spec.rstrip("/").split("/")[-1])[:40].strip("-")
-    root = settings.cache_root or _default_cache_root()
+    root = settings.cache_root or default_cache_root()
     meta = {**key, "source": reference.images.fingerprint() if hasattr(reference.images, "fingerprint") else {}}
     return FeatureStore(os.path.join(root, f"{slug}-{settings.extractor.name}-{digest}"), meta,
                         len(reference.images), settings.shard_size)
-
-
-def _default_cache_root():
-    from .reference import default_cache_root
-
-    return default_cache_root()
 
 
 def extract_all(stores_and_sources, settings: MeasureSettings, layers, state, device):
@@ -118,9 +113,6 @@ def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | 
             mu2, sigma2, n2 = reference.mu, reference.sigma, None
         else:
             mu2, sigma2, n2 = ref_store.statistics(pool)
-        if mu1.shape != mu2.shape:
-            raise ValueError(f"the reference statistics are {mu2.shape[0]}-dimensional, the {settings.extractor.name} "
-                             f"features {mu1.shape[0]}-dimensional: they come from different feature extractors")
         for n, who in ((n1, "samples"), (n2, "reference")):
             if n is not None and (w := rank_deficiency_warning(n, len(mu1))):
                 notes.append(f"{who}: {w}")
@@ -168,7 +160,7 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
     jobs = [(samples, source, batch_fn)]
     ref_store = reference_store(reference, settings, layers) if needs_ref_images else None
     if ref_store is not None:
-        stats_ready = not {"kid", "prc"} & set(settings.metrics) and _stats_cached(ref_store, layers[0])
+        stats_ready = not {"kid", "prc"} & set(settings.metrics) and ref_store.has_statistics(layers[0])
         if not stats_ready:
             jobs.append((ref_store, reference.images, None))
     extract_all(jobs, settings, layers, state, device)
@@ -202,11 +194,3 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
     os.replace(os.path.join(output, "report.json.tmp"), os.path.join(output, "report.json"))
     return report
 
-
-def _stats_cached(store: FeatureStore, layer: str) -> bool:
-    """A complete, current statistics file (checked again when read)."""
-    meta_path = os.path.join(store.folder, "meta.json")
-    if not (os.path.isfile(store.stats_path(layer)) and os.path.isfile(meta_path)):
-        return False
-    with open(meta_path) as f:
-        return json.load(f) == store.meta

@@ -191,8 +191,12 @@ def test_interrupted_evaluation_resumes(classifier, tmp_path, monkeypatch):
         evaluate_fid(str(tmp_path / "e"), ref, samples=samples, settings=settings)
     assert sorted(os.listdir(tmp_path / "e" / "features")) == ["meta.json", "shard-00000.npz"]
     calls.clear()
-    monkeypatch.setattr("eval.measure.build_extractor", lambda *a, **k: (lambda x: calls.append(len(x))
-                                                                         or real_build(*a, **k)(x)))
+
+    def counting_build(*a, **k):
+        net = real_build(*a, **k)
+        return lambda x: calls.append(len(x)) or net(x)
+
+    monkeypatch.setattr("eval.measure.build_extractor", counting_build)
     with pytest.warns(UserWarning):
         resumed = evaluate_fid(str(tmp_path / "e"), ref, samples=samples, settings=settings)
     assert sum(calls) == 8 + 12  # samples 4..11, then the whole reference
@@ -201,6 +205,24 @@ def test_interrupted_evaluation_resumes(classifier, tmp_path, monkeypatch):
         clean = evaluate_fid(str(tmp_path / "clean"), ref, samples=samples,
                              settings=classifier_settings(classifier, tmp_path / "cache2", shard_size=4))
     assert resumed["metrics"]["fid"] == pytest.approx(clean["metrics"]["fid"], rel=1e-9)
+
+
+def test_tensor_samples_need_their_range_and_equal_the_npz_evaluation(classifier, tmp_path):
+    images = smooth_images(12, 0, size=28)
+    ref = write_npz(tmp_path / "r.npz", smooth_images(12, 1, size=28))
+    settings = classifier_settings(classifier, tmp_path / "cache")
+    with pytest.raises(ValueError, match="value_range"):
+        evaluate_fid(str(tmp_path / "bad"), ref, samples=images.float() / 255, settings=settings)
+    with pytest.raises(ValueError, match="outside the declared"):
+        evaluate_fid(str(tmp_path / "bad"), ref, samples=images.float() / 127.5, value_range=(0, 1), settings=settings)
+    assert not os.path.exists(tmp_path / "bad")
+    with pytest.warns(UserWarning):
+        from_tensor = evaluate_fid(str(tmp_path / "t"), ref, samples=images.float() / 127.5 - 1, value_range=(-1, 1),
+                                   settings=settings)
+        from_npz = evaluate_fid(str(tmp_path / "n"), ref, samples=write_npz(tmp_path / "s.npz", images),
+                                settings=settings)
+    assert from_tensor["metrics"]["fid"] == pytest.approx(from_npz["metrics"]["fid"], rel=1e-9)
+    assert from_tensor["protocol"]["samples"] == "tensor"
 
 
 def test_pipeline_evaluation_records_the_protocol(classifier, tmp_path):
