@@ -13,6 +13,7 @@ would be ~0 for anything). Its features mean nothing; it exercises the real torc
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -32,10 +33,17 @@ def default_inception_path() -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", INCEPTION_FILE)
 
 
-def file_digest(path: str, chunk: int = 1 << 22) -> str:
+def file_digest(path: str) -> str:
+    """sha256 prefix of a file's content, hashed once per (path, size, mtime) in a process."""
+    st = os.stat(path)
+    return _digest(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
+        while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()[:16]
 

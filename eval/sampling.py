@@ -76,10 +76,7 @@ def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64,
     pipe = load_pipeline(pipeline).to(device or state.device)
     os.makedirs(output, exist_ok=True)
     if state.is_main_process and not os.path.isfile(os.path.join(output, "samples.json")):
-        path = os.path.join(output, "samples.json")  # first: an interrupted run is checked too
-        with open(path + ".tmp", "w") as f:
-            json.dump(settings, f)
-        os.replace(path + ".tmp", path)  # atomic: other ranks may be reading it
+        _write_json(os.path.join(output, "samples.json"), settings)  # first: an interrupted run is checked too
     pipe.set_progress_bar_config(disable=True)
     n_cls = pipe.num_classes
     mine = [i for i in range(state.process_index, num_samples, state.num_processes)
@@ -105,15 +102,40 @@ def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64,
     result = {"made": made, "rank": state.process_index, "processes": state.num_processes}
     if state.is_main_process:
         labels = [class_for(i, n_cls, seed, class_balanced) for i in range(num_samples)]
-        with open(os.path.join(output, "samples.json"), "w") as f:
-            json.dump({**settings, "num_samples": num_samples, "labels": labels}, f)
+        _write_json(os.path.join(output, "samples.json"), {**settings, "num_samples": num_samples, "labels": labels})
         if npz:
-            arrays = np.stack([np.asarray(Image.open(os.path.join(output, PNG.format(i))).convert("RGB"))
-                               for i in range(num_samples)])
-            path = os.path.join(output, "samples.npz")
-            np.savez(path, arr_0=arrays, arr_1=np.asarray([-1 if c is None else c for c in labels], dtype=np.int64))
-            result["npz"] = path
+            result["npz"] = pack_npz(output, num_samples, [-1 if c is None else c for c in labels])
     return result
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f)
+    os.replace(path + ".tmp", path)  # atomic: other ranks may be reading it
+
+
+def pack_npz(output: str, num_samples: int, labels: list[int]) -> str:
+    """samples.npz (ADM: arr_0 uint8 (N, H, W, 3), arr_1 labels) written image by image through a
+    memory-mapped .npy, so packing 50,000 images never holds them all in memory."""
+    import zipfile
+
+    from PIL import Image
+
+    first = np.asarray(Image.open(os.path.join(output, PNG.format(0))).convert("RGB"))
+    tmp = os.path.join(output, "arr_0.tmp.npy")
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(num_samples, *first.shape))
+    for i in range(num_samples):
+        arr[i] = np.asarray(Image.open(os.path.join(output, PNG.format(i))).convert("RGB"))
+    arr.flush()
+    del arr
+    path = os.path.join(output, "samples.npz")
+    with zipfile.ZipFile(path + ".tmp", "w", zipfile.ZIP_STORED, allowZip64=True) as z:  # as np.savez
+        z.write(tmp, "arr_0.npy")
+        with z.open("arr_1.npy", "w") as f:
+            np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
+    os.remove(tmp)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def main(argv=None):
