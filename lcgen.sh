@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 cmd="${1:-demo}"; shift || true
 cd "$root"
 case "$cmd" in
-  demo) exec "$py" -m lcgen_cli demo "$@" ;;
+  demo) exec "$py" -m lcgen.cli demo "$@" ;;
   test) exec "$py" -m pytest -q "$@" ;;
   *) echo "usage: ./lcgen.sh demo [--quick] | ./lcgen.sh test [pytest args]" >&2; exit 2 ;;
 esac

@@ -84,7 +84,7 @@ def child(method: str, n: int, dim: int, out: str) -> None:
     base = _rss_mib("VmRSS")
     start = time.perf_counter()
     if method == "lcgen":
-        from eval.feature_store import FeatureStore
+        from lcgen.eval.feature_store import FeatureStore
 
         with tempfile.TemporaryDirectory() as tmp:
             store = FeatureStore(tmp, {"bench": True}, n, shard_size=1000)

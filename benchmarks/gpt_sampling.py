@@ -19,7 +19,7 @@ import torch
 def build(vocab, classes, width, layers, heads, tokens, device):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from priors.gpt import GPTPrior
+    from lcgen.priors.gpt import GPTPrior
 
     side = int(tokens ** 0.5)
     ours = GPTPrior(codebook_size=vocab, grid_height=side, grid_width=tokens // side, num_classes=classes,

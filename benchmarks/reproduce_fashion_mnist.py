@@ -22,11 +22,11 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from eval.data import build_dataset  # noqa: E402
-from eval.evaluate_tokenizer import run as evaluate  # noqa: E402
-from tokenizer import VQTokenizer  # noqa: E402
-from tokenizer.kmeans import kmeans  # noqa: E402
-from tokenizer.train import parse_config, train  # noqa: E402
+from lcgen.data import build_dataset  # noqa: E402
+from lcgen.eval.evaluate_tokenizer import run as evaluate  # noqa: E402
+from lcgen.tokenizer import VQTokenizer  # noqa: E402
+from lcgen.tokenizer.kmeans import kmeans  # noqa: E402
+from lcgen.tokenizer.train import parse_config, train  # noqa: E402
 
 BIG_K = 100_000
 RUNS = [  # name, preset, overrides

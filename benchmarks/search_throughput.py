@@ -41,7 +41,7 @@ def make_inputs(k: int, d: int, n: int, seed: int = 0):
 
 def run_method(method: str, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     if method == "lcgen":
-        from tokenizer.quantizers.search import nearest_code
+        from lcgen.tokenizer.quantizers.search import nearest_code
         return nearest_code(x, codes)
     if method == "faiss":
         import faiss

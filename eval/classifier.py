@@ -13,6 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from torch.utils.data import DataLoader
+
+from lcgen.data import build_dataset, collate_skipping_bad
 
 
 class ImageClassifier(ModelMixin, ConfigMixin):
@@ -49,10 +52,6 @@ def train_classifier(output_dir: str, dataset: str = "fashion-mnist", epochs: in
                      lr: float = 2e-3, max_samples: int | None = None, seed: int = 0) -> dict:
     """Train on the training split, measure accuracy on the test split, save to output_dir
     (safetensors + config.json + metrics.json). Returns the metrics."""
-    from torch.utils.data import DataLoader
-
-    from eval.data import build_dataset, collate_skipping_bad
-
     if epochs <= 0 or batch_size <= 0:
         raise ValueError(f"epochs and batch_size must be > 0, got {epochs} and {batch_size}")
     torch.manual_seed(seed)

@@ -1,20 +1,27 @@
-"""`lcgen evaluate fid|rfid ...`, also `accelerate launch -m eval.evaluate fid|rfid ...` to spread
+"""`lcgen evaluate fid|rfid ...`, also `accelerate launch -m lcgen.eval.evaluate fid|rfid ...` to spread
 sampling and feature extraction over processes / GPUs. Prints the metrics; the full report (every
 protocol choice) is <output>/report.json.
 
-    accelerate launch -m eval.evaluate fid --pipeline DIR --reference VIRTUAL_imagenet256_labeled.npz \\
+    accelerate launch -m lcgen.eval.evaluate fid --pipeline DIR --reference VIRTUAL_imagenet256_labeled.npz \\
         --num-samples 50000 --batch-size 125 --output outputs/fid-dit --npz
-    accelerate launch -m eval.evaluate rfid --tokenizer RUN/model --dataset imagenet --split validation \\
+    accelerate launch -m lcgen.eval.evaluate rfid --tokenizer RUN/model --dataset imagenet --split validation \\
         --resolution 256 --output outputs/rfid
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
+from lcgen.log import configure as configure_logging
+
 from .extractors import INCEPTION, LAYERS, ExtractorSpec
+from .generation_fid import evaluate_fid
 from .measure import METRICS, MeasureSettings
+from .rfid import evaluate_rfid
+
+logger = logging.getLogger(__name__)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -36,7 +43,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-samples", type=int, default=None, help="use only the first N images of the split")
 
 
-def build_parser(prog: str = "eval.evaluate") -> argparse.ArgumentParser:
+def build_parser(prog: str = "lcgen.eval.evaluate") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="FID / IS / KID / precision-recall and rFID via torch-fidelity")
     sub = p.add_subparsers(dest="what", required=True)
     f = sub.add_parser("fid", help="generation metrics of a pipeline or of samples against a reference")
@@ -74,12 +81,8 @@ def run(args) -> dict | None:
         batch_size=args.batch_size, shard_size=args.shard_size, num_workers=args.num_workers,
         cache_root=args.cache_dir, keep_reference_features=args.keep_reference_features)
     if args.what == "rfid":
-        from .rfid import evaluate_rfid
-
         return evaluate_rfid(args.tokenizer, args.output, args.dataset, args.split, args.resolution, args.protocol,
                              args.data_dir, args.max_samples, settings)
-    from .generation_fid import evaluate_fid
-
     sample_kwargs = {k: v for k, v in {"guidance_scale": args.guidance_scale,
                                        "num_inference_steps": args.num_inference_steps}.items() if v is not None}
     return evaluate_fid(args.output, args.reference, args.pipeline, args.samples, args.num_samples, settings,
@@ -87,8 +90,9 @@ def run(args) -> dict | None:
                         args.reference_resolution, args.max_samples, **sample_kwargs)
 
 
-def main(argv=None, prog: str = "eval.evaluate") -> None:
+def main(argv=None, prog: str = "lcgen.eval.evaluate") -> None:
     args = build_parser(prog).parse_args(argv)
+    configure_logging()
     try:
         report = run(args)
     except ValueError as e:
@@ -96,8 +100,8 @@ def main(argv=None, prog: str = "eval.evaluate") -> None:
     if report is not None:  # the main process
         print(json.dumps(report["metrics"], indent=2))
         for w in report["warnings"]:
-            print(f"warning: {w}")
-        print(f"report: {args.output}/report.json")
+            logger.warning(w)
+        logger.info(f"report: {args.output}/report.json")
 
 
 if __name__ == "__main__":

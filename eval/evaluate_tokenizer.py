@@ -9,27 +9,22 @@ utilisation and perplexity over every token of the split. Writes `metrics.json`,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
 import torch
 from torch.utils.data import DataLoader
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
 
-from .data import build_dataset, collate_skipping_bad
+from lcgen.data import build_dataset, collate_skipping_bad
+from lcgen.tokenizer import VQTokenizer
+from lcgen.training.grids import reconstruction_grid
 from .metrics import CodebookUsage, l1_error, psnr, ssim
-from .metrics.perceptual import lpips_distance
+from .metrics.perceptual import load_lpips, lpips_distance
 
-
-def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, per_row: int = 8) -> torch.Tensor:
-    """(3, H', W') float grid in [0, 1]: rows alternate originals / reconstructions; inputs in [-1, 1]."""
-    from torchvision.utils import make_grid
-
-    n = (len(originals) // per_row) * per_row or len(originals)
-    rows = []
-    for i in range(0, n, per_row):
-        rows += [originals[i:i + per_row], reconstructions[i:i + per_row]]
-    x = torch.cat(rows).detach().float().cpu().clamp(-1, 1).add(1).div(2)
-    return make_grid(x, nrow=min(per_row, n), padding=2, pad_value=1.0)
+logger = logging.getLogger(__name__)
 
 
 def save_usage_plot(counts: torch.Tensor, path: str, title: str):
@@ -67,8 +62,6 @@ def evaluate_tokenizer(model, dataset, output_dir: str, batch_size: int = 256, l
     sums = {"l1": 0.0, "psnr": 0.0, "ssim": 0.0, "lpips": 0.0}
     n, skipped, start = 0, 0, time.time()
     grid_x, grid_y = [], []
-    from tqdm.auto import tqdm
-
     for batch in tqdm(loader, desc="evaluating", leave=False):
         skipped += int(batch["num_skipped"])
         x = batch["pixel_values"].to(device)
@@ -102,8 +95,6 @@ def evaluate_tokenizer(model, dataset, output_dir: str, batch_size: int = 256, l
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     gx, gy = torch.cat(grid_x)[:grid_images], torch.cat(grid_y)[:grid_images]
-    from torchvision.utils import save_image
-
     save_image(reconstruction_grid(gx, gy), os.path.join(output_dir, "reconstructions.png"))
     save_usage_plot(usage.counts.sum(0) if usage.shared_codebook else usage.counts.flatten(),
                     os.path.join(output_dir, "code_usage.png"),
@@ -116,8 +107,6 @@ def run(model_dir: str, dataset: str = "fashion-mnist", split: str = "test", out
         max_samples: int | None = None, lpips: str = "auto", lpips_vgg_weights: str | None = None,
         device: str = "cpu") -> dict:
     """CLI body: load the tokenizer and the split, evaluate, return the metrics."""
-    from tokenizer import VQTokenizer
-
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise ValueError(f"{model_dir!r} is not a saved VQTokenizer (no config.json); pass <run>/model")
     if lpips not in ("auto", "on", "off", "random"):
@@ -127,13 +116,11 @@ def run(model_dir: str, dataset: str = "fashion-mnist", split: str = "test", out
                        data_dir=data_dir, max_samples=max_samples)
     lpips_model = None
     if lpips != "off":
-        from .metrics.perceptual import load_lpips
-
         try:
             lpips_model = load_lpips(lpips_vgg_weights, random_trunk=(lpips == "random"))
         except ValueError:
             if lpips == "on":
                 raise
-            print("LPIPS skipped: VGG16 weights unavailable offline (pass --lpips-vgg-weights FILE)")
+            logger.warning("LPIPS skipped: VGG16 weights unavailable offline (pass --lpips-vgg-weights FILE)")
     out = output_dir or os.path.join(os.path.dirname(os.path.abspath(model_dir)), "eval")
     return evaluate_tokenizer(model, ds, out, batch_size, lpips_model, device=device)

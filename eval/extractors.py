@@ -19,6 +19,9 @@ import os
 from dataclasses import dataclass
 
 import torch
+from torch_fidelity.utils import create_feature_extractor
+
+from . import feature_extractors  # noqa: F401  registers lcgen's Fashion-MNIST extractor with torch-fidelity
 
 INCEPTION = "inception-v3-compat"
 FASHION_MNIST = "lcgen-fashion-mnist"
@@ -103,10 +106,6 @@ class ExtractorSpec:
 
 def build_extractor(spec: ExtractorSpec, features: list[str], device: str | torch.device = "cpu"):
     """A torch-fidelity feature extractor (uint8 (B, 3, H, W) in, a tuple of features out)."""
-    from torch_fidelity.utils import create_feature_extractor
-
-    if spec.name == FASHION_MNIST:
-        from . import feature_extractors  # noqa: F401  registers it with torch-fidelity
     kwargs = {"feature_extractor_weights_path": spec.weights_path, "verbose": False}
     if spec.name == INCEPTION:
         kwargs["feature_extractor_internal_dtype"] = spec.internal_dtype

@@ -1,7 +1,7 @@
 """lcgen's Fashion-MNIST classifier as a torch-fidelity feature extractor, so FID/KID/precision-recall
 on Fashion-MNIST run through torch-fidelity's own pipeline offline (no Inception download):
 
-    import torch_fidelity, eval.feature_extractors  # registers "lcgen-fashion-mnist"
+    import torch_fidelity, lcgen.eval.feature_extractors  # registers "lcgen-fashion-mnist"
     torch_fidelity.calculate_metrics(input1=..., input2=..., fid=True, cuda=False,
                                      feature_extractor="lcgen-fashion-mnist",
                                      feature_extractor_weights_path="outputs/demo/classifier")
@@ -19,14 +19,14 @@ import torch.nn.functional as F
 from torch_fidelity import register_feature_extractor
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
+from .classifier import ImageClassifier
+
 NAME = "lcgen-fashion-mnist"
 
 
 class FashionMNISTFeatureExtractor(FeatureExtractorBase):
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
-        from .classifier import ImageClassifier
-
         path = feature_extractor_weights_path
         if not path or not os.path.isdir(path):
             raise ValueError(f"{NAME} needs feature_extractor_weights_path = a saved ImageClassifier folder "

@@ -21,6 +21,8 @@ import warnings
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
 SHARD = "shard-{:05d}.npz"
 
@@ -116,9 +118,6 @@ class FeatureStore:
                 batch_fn=None, num_workers: int = 0, device="cpu", progress: bool = True) -> int:
         """Compute this rank's missing shards; batch_fn maps a uint8 batch on `device` to the uint8
         images whose features are wanted (e.g. a tokenizer's reconstructions). Returns shards made."""
-        from torch.utils.data import DataLoader, Subset
-        from tqdm.auto import tqdm
-
         todo = self.missing_shards(rank, world)
         for s in tqdm(todo, desc=f"features of {self.folder}", disable=not progress or not todo):
             loader = DataLoader(Subset(dataset, list(self.shard_range(s))), batch_size=batch_size,

@@ -11,10 +11,14 @@ import json
 import os
 import warnings
 
+import torch
+
 from .extractors import LAYERS, build_extractor
 from .feature_store import rank_deficiency_warning
+from .image_inputs import FolderImages, NpzImages, TensorImages
 from .measure import MeasureSettings, check_reference, distributed_state, feature_dim, measure
 from .reference import resolve_reference
+from .sampling import generate
 
 
 def _sampling_settings(pipeline_dir: str, overrides: dict) -> dict:
@@ -30,10 +34,6 @@ def _sampling_settings(pipeline_dir: str, overrides: dict) -> dict:
 
 
 def _open_samples(samples, value_range):
-    import torch
-
-    from .image_inputs import FolderImages, NpzImages, TensorImages
-
     if isinstance(samples, torch.Tensor):
         return TensorImages(samples, value_range)
     if samples.endswith(".npz"):
@@ -85,13 +85,9 @@ def evaluate_fid(output: str, reference: str, pipeline: str | None = None, sampl
         warnings.warn(f"samples: {note}")
     protocol = {"evaluation": "generation"}
     if pipeline:
-        from .sampling import generate
-
         sample_dir = os.path.join(output, "samples")
         result = generate(pipeline, sample_dir, num_samples, sampling_batch_size or settings.batch_size, seed,
                           class_balanced, npz, **sample_kwargs)
-        from .image_inputs import FolderImages
-
         source = FolderImages(sample_dir, names=[f"{i:06d}.png" for i in range(num_samples)])
         protocol.update({"pipeline": os.path.abspath(pipeline), "num_samples": num_samples, "seed": seed,
                          "labels": "class-balanced (i mod C)" if class_balanced else "uniform random per image",

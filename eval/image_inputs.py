@@ -6,18 +6,23 @@ extractors take. Every source is checked when opened, before any feature is comp
 - `NpzImages`: ADM's evaluator format — `arr_0` uint8 (N, H, W, 3) (or (N, H, W) / (N, H, W, 1)),
   memory-mapped, never loaded whole. A float array or a file without `arr_0` is an error that says how
   to convert.
-- `SplitImages`: a dataset split through `eval.data.build_dataset` with an evaluation preprocessing
+- `SplitImages`: a dataset split through `lcgen.data.build_dataset` with an evaluation preprocessing
   ("adm", "center", "stretch" or None = native size), converted back to the exact uint8 pixels.
 - `as_uint8_images`: a tensor from Python, checked for dtype and declared range.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from lcgen.data import build_dataset
+from lcgen.data.fashion_mnist import DEBIAN_DIR
+from lcgen.data.transforms import adm_center_crop
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -60,8 +65,6 @@ class TensorImages(Dataset):
         self.description = {"source": "tensor", "images": len(self.images), "value_range": value_range}
 
     def fingerprint(self) -> dict:
-        import hashlib
-
         return {"sha256": hashlib.sha256(self.images.cpu().numpy().tobytes()).hexdigest()[:16]}
 
     def __len__(self):
@@ -117,8 +120,6 @@ class FolderImages(Dataset):
 
     def __getitem__(self, i):
         from PIL import Image
-
-        from .data.transforms import adm_center_crop
 
         with Image.open(self.files[i]) as im:
             im = im.convert("RGB")
@@ -191,8 +192,6 @@ class SplitImages(Dataset):
 
     def __init__(self, name: str, split: str, resolution: int | None, preprocessing: str | None = "adm",
                  data_dir: str | None = None, max_samples: int | None = None):
-        from .data import build_dataset
-
         if preprocessing not in ("adm", "center", "stretch", None):
             raise ValueError(f"preprocessing must be adm, center, stretch or None, got {preprocessing!r}")
         if (preprocessing is None) != (resolution is None):
@@ -209,8 +208,6 @@ class SplitImages(Dataset):
         inner = getattr(self.dataset, "ds", None)
         if inner is not None and getattr(inner, "_fingerprint", None):
             return {"images": len(self), "datasets_fingerprint": inner._fingerprint}
-        from .data.fashion_mnist import DEBIAN_DIR
-
         if os.path.isdir(DEBIAN_DIR) and self.description["dataset"] == "fashion-mnist":
             files = sorted(os.listdir(DEBIAN_DIR))
             return {"images": len(self), "files": {f: os.stat(os.path.join(DEBIAN_DIR, f)).st_size for f in files}}

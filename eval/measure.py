@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 
 from .extractors import INCEPTION, LAYERS, ExtractorSpec, build_extractor
 from .feature_store import FeatureStore, rank_deficiency_warning
+from .fid import frechet_distance
 from .reference import default_cache_root
 
 METRICS = ("fid", "isc", "kid", "prc")
@@ -50,9 +53,6 @@ class MeasureSettings:
 
 
 def distributed_state():
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
 
 
@@ -102,8 +102,6 @@ def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | 
     from torch_fidelity.metric_isc import isc_features_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
-
-    from .fid import frechet_distance
 
     pool, logits = LAYERS[settings.extractor.name]["pool"], LAYERS[settings.extractor.name]["logits"]
     out, notes = {}, []

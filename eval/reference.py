@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lcgen.data import HUB_IDS
+
+from .image_inputs import FolderImages, NpzImages, SplitImages, open_npz
+
 SPEC = re.compile(r"^(?P<name>.+?)(?:-(?P<res>\d+))?-(?P<split>train|val|validation|test)$")
 
 
@@ -40,8 +44,6 @@ class Reference:
 
 
 def load_statistics_npz(path: str) -> Reference:
-    from .image_inputs import NpzImages, open_npz
-
     arrays = open_npz(path)
     if {"mu", "sigma"} <= set(arrays.files):
         mu, sigma = np.asarray(arrays["mu"], dtype=np.float64), np.asarray(arrays["sigma"], dtype=np.float64)
@@ -60,9 +62,6 @@ def load_statistics_npz(path: str) -> Reference:
 def resolve_reference(spec: str, data_dir: str | None = None, preprocessing: str | None = "adm",
                       resolution: int | None = None, max_samples: int | None = None) -> Reference:
     """Parse and open `spec` (see the module docstring); every failure is a ValueError that says why."""
-    from .data import HUB_IDS
-    from .image_inputs import FolderImages, SplitImages
-
     if not spec:
         raise ValueError("no reference given (--reference): a split such as imagenet-256-val, a statistics .npz "
                          "or an image folder")

@@ -19,6 +19,11 @@ import os
 import numpy as np
 import torch
 
+from lcgen.tokenizer import VQTokenizer
+
+from .extractors import folder_digest
+from .image_inputs import SplitImages, float_to_uint8
+
 from .measure import MeasureSettings, distributed_state, measure
 from .reference import Reference
 
@@ -37,8 +42,6 @@ def stretch_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def reconstructor(tokenizer, stretch_to: int | None = None):
     """uint8 batch -> uint8 reconstructions (grayscale tokenizers see one channel, give back three)."""
-    from .image_inputs import float_to_uint8
-
     channels = tokenizer.config.in_channels
 
     @torch.no_grad()
@@ -56,11 +59,6 @@ def evaluate_rfid(tokenizer: str, output: str, dataset: str = "imagenet", split:
                   resolution: int = 256, protocol: str = "adm", data_dir: str | None = None,
                   max_samples: int | None = None, settings: MeasureSettings | None = None) -> dict | None:
     """Writes <output>/report.json with the rFID of the saved tokenizer folder `tokenizer`."""
-    from tokenizer import VQTokenizer
-
-    from .extractors import folder_digest
-    from .image_inputs import SplitImages
-
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if not resolution or resolution <= 0:

@@ -1,4 +1,4 @@
-"""Sample a pipeline at scale for FID: `accelerate launch -m eval.sampling --pipeline DIR --output DIR
+"""Sample a pipeline at scale for FID: `accelerate launch -m lcgen.eval.sampling --pipeline DIR --output DIR
 --num-samples 50000 [--class-balanced] [--npz]`.
 
 Image i (0 <= i < N) gets its own generator seeded by (seed, i) and its own class (i mod C when
@@ -16,9 +16,18 @@ import argparse
 import json
 import os
 import sys
+import zipfile
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from tqdm.auto import tqdm
+
+from lcgen.log import configure as configure_logging
+from lcgen.pipelines import load_pipeline
+
+from .image_inputs import float_to_uint8
 
 PNG = "{:06d}.png"
 
@@ -38,8 +47,6 @@ def class_for(index: int, num_classes: int, seed: int, balanced: bool) -> int | 
 
 def to_uint8(images01: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) in [0, 1] -> (B, H, W, 3) uint8 as ADM: clamp(127.5 x + 128) with x = 2y - 1."""
-    from .image_inputs import float_to_uint8
-
     u8 = float_to_uint8(images01.float() * 2 - 1).permute(0, 2, 3, 1).cpu().numpy()
     return np.repeat(u8, 3, axis=-1) if u8.shape[-1] == 1 else u8
 
@@ -60,15 +67,10 @@ def _check_resumable(output: str, settings: dict) -> None:
 def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64, seed: int = 0,
              class_balanced: bool = False, npz: bool = False, device: str | None = None, **sample_kwargs) -> dict:
     """Make the missing images of [0, num_samples) on this rank; returns counts (and the npz path)."""
-    from accelerate import PartialState
     from PIL import Image
-
-    from pipelines import load_pipeline
 
     if num_samples <= 0 or batch_size <= 0:
         raise ValueError(f"num_samples and batch_size must be > 0, got {num_samples} and {batch_size}")
-    from accelerate.utils import parse_flag_from_env
-
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
     settings = {"pipeline": os.path.abspath(pipeline), "seed": seed, "class_balanced": class_balanced,
                 "sampling": sample_kwargs}
@@ -81,8 +83,6 @@ def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64,
     n_cls = pipe.num_classes
     mine = [i for i in range(state.process_index, num_samples, state.num_processes)
             if not os.path.isfile(os.path.join(output, PNG.format(i)))]
-    from tqdm.auto import tqdm
-
     made = 0
     for start in tqdm(range(0, len(mine), batch_size), disable=not state.is_local_main_process, desc="sampling"):
         idx = mine[start:start + batch_size]
@@ -117,8 +117,6 @@ def _write_json(path: str, obj) -> None:
 def pack_npz(output: str, num_samples: int, labels: list[int]) -> str:
     """samples.npz (ADM: arr_0 uint8 (N, H, W, 3), arr_1 labels) written image by image through a
     memory-mapped .npy, so packing 50,000 images never holds them all in memory."""
-    import zipfile
-
     from PIL import Image
 
     first = np.asarray(Image.open(os.path.join(output, PNG.format(0))).convert("RGB"))
@@ -139,7 +137,7 @@ def pack_npz(output: str, num_samples: int, labels: list[int]) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="eval.sampling", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="lcgen.eval.sampling", description=__doc__.split("\n")[0])
     p.add_argument("--pipeline", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--num-samples", type=int, required=True)
@@ -150,12 +148,13 @@ def main(argv=None):
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--num-inference-steps", type=int, default=None)
     a = p.parse_args(argv)
+    configure_logging()
     kwargs = {k: v for k, v in {"guidance_scale": a.guidance_scale,
                                 "num_inference_steps": a.num_inference_steps}.items() if v is not None}
     try:
         r = generate(a.pipeline, a.output, a.num_samples, a.batch_size, a.seed, a.class_balanced, a.npz, **kwargs)
     except (ValueError, TypeError) as e:
-        raise SystemExit(f"eval.sampling: error: {e}")
+        raise SystemExit(f"lcgen.eval.sampling: error: {e}")
     print(json.dumps(r))
 
 

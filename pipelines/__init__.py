@@ -3,6 +3,9 @@
 Load them with their own class (`VQDiTPipeline.from_pretrained(dir_or_repo_id)`): the components'
 classes live in lcgen, so `diffusers.DiffusionPipeline.from_pretrained` alone cannot resolve them.
 """
+import json
+import os
+
 from .base import LCGenPipeline
 from .dit import VQDiTPipeline
 from .gpt import VQGPTPipeline
@@ -17,9 +20,6 @@ __all__ = ["LCGenPipeline", "VQGPTPipeline", "VQLDMPipeline", "VQDiTPipeline", "
 
 def load_pipeline(path: str, **kwargs):
     """Any saved lcgen pipeline: the class is read from model_index.json's `_class_name`."""
-    import json
-    import os
-
     if os.path.isdir(path):
         with open(os.path.join(path, "model_index.json")) as f:
             name = json.load(f).get("_class_name")

@@ -8,11 +8,14 @@ prior, and keeps `id2label` (and the other non-module settings) in `model_index.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+
+from .model_card import write_model_card
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -131,11 +134,7 @@ class LCGenPipeline(DiffusionPipeline):
                     token: str | None = None, create_pr: bool = False, example_class_ids=None, **sample_kwargs):
         """Save the pipeline, an example grid and a model card (README.md) and upload them.
         `example_class_ids` picks the grid's classes (default: up to 8 of them)."""
-        import tempfile
-
         from huggingface_hub import HfApi
-
-        from .model_card import write_model_card
 
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from priors.dit import DiTModel
-from tokenizer.model import VQTokenizer
+from lcgen.priors.dit import DiTModel
+from lcgen.tokenizer.model import VQTokenizer
 
 from .diffusion import NoisePredictionPipeline
 

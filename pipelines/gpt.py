@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from priors.gpt import GPTPrior
-from tokenizer.model import VQTokenizer
+from lcgen.priors.gpt import GPTPrior
+from lcgen.tokenizer.model import VQTokenizer
 
 from .base import LCGenPipeline
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from diffusers import UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from tokenizer.model import VQTokenizer
+from lcgen.tokenizer.model import VQTokenizer
 
 from .diffusion import NoisePredictionPipeline
 

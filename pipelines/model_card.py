@@ -30,7 +30,7 @@ Classes {example_classes} of the grid above, {images_per_class} image(s) each, s
 ## Use
 
 ```python
-from pipelines import {pipeline}   # pip install from the lcgen repository
+from lcgen.pipelines import {pipeline}   # pip install from the lcgen repository
 
 pipe = {pipeline}.from_pretrained("{repo_id}")
 images = pipe(class_id={first_class}, num_images_per_class=4).images

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from priors.dit import DiTModel
-from priors.transport import PATHS, SAMPLERS, Interpolant
-from tokenizer.model import VQTokenizer
+from lcgen.priors.dit import DiTModel
+from lcgen.priors.transport import PATHS, SAMPLERS, Interpolant
+from lcgen.tokenizer.model import VQTokenizer
 
 from .diffusion import LatentPipeline
 

@@ -16,6 +16,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from lcgen.data import build_dataset, collate_skipping_bad
+from lcgen.tokenizer import VQTokenizer
 
 from .shards import META_NAME, shard_name
 
@@ -69,15 +73,12 @@ def extract(tokenizer: str, dataset: str, output_dir: str, split: str = "train",
 
     Args:
         tokenizer: a saved VQTokenizer folder.
-        dataset, split, resolution, data_dir, max_samples: as eval.data.build_dataset (center crop).
+        dataset, split, resolution, data_dir, max_samples: as lcgen.data.build_dataset (center crop).
         flip_view: also store the horizontally flipped view (views = 2).
         store: which of "indices", "latents" to write (LDM/DiT/SiT read latents, GPT indices).
         latent_dtype: storage dtype of the latents ("float16" halves the disk of "float32").
         shard_size: dataset items per shard (the unit of resumption).
     """
-    from eval.data import build_dataset, collate_skipping_bad
-    from tokenizer import VQTokenizer
-
     store = list(store)
     _check_args(store, latent_dtype, batch_size, shard_size)
     if not os.path.isdir(tokenizer):
@@ -111,8 +112,6 @@ def extract(tokenizer: str, dataset: str, output_dir: str, split: str = "train",
     _write_meta(output_dir, meta)
 
     start = time.time()
-    from tqdm.auto import tqdm
-
     for k in tqdm([k for k in range(num_shards) if k not in done], desc="shards", initial=len(done), total=num_shards):
         items = Subset(ds, range(k * shard_size, min((k + 1) * shard_size, len(ds))))
         loader = DataLoader(items, batch_size=batch_size, collate_fn=collate_skipping_bad, num_workers=num_workers)

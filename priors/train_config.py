@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tokenizer.train_config import TrainingConfig
+from lcgen.training.settings import TrainingConfig
 
 
 @dataclass

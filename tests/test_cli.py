@@ -5,25 +5,25 @@ import sys
 
 import pytest
 
-import lcgen_cli
+from lcgen import cli
 
 
 def test_init_codebook_bad_input_is_one_clear_line(tmp_path):
     with pytest.raises(SystemExit) as exc:
-        lcgen_cli.main(["init-codebook", "--encoder", str(tmp_path), "--image-folder", str(tmp_path / "none"),
+        cli.main(["init-codebook", "--encoder", str(tmp_path), "--image-folder", str(tmp_path / "none"),
                         "--codebook-size", "8", "--output", str(tmp_path / "c.pth")])
     assert "error: output must end in .safetensors" in str(exc.value)
     assert not list(tmp_path.iterdir())
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "lcgen_cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "lcgen.cli", "--help"], capture_output=True, text=True, check=True)
     assert "init-codebook" in out.stdout and "demo" in out.stdout
 
 
 @pytest.mark.slow
 def test_benchmark_search_prints_the_table(capsys):
-    lcgen_cli.main(["benchmark-search", "--size", "smallest", "--rounds", "1"])
+    cli.main(["benchmark-search", "--size", "smallest", "--rounds", "1"])
     out = capsys.readouterr().out
     assert "| 1,024 | 8 | lcgen |" in out and "| 1,024 | 768 | faiss |" in out
     assert "False" not in out  # every method exact on the sample
@@ -31,7 +31,7 @@ def test_benchmark_search_prints_the_table(capsys):
 
 @pytest.mark.slow
 def test_quick_demo_runs_both_stages_and_reports_class_accuracy(tmp_path, capsys):
-    lcgen_cli.main(["demo", "--quick", "--output", str(tmp_path)])
+    cli.main(["demo", "--quick", "--output", str(tmp_path)])
     report = json.loads((tmp_path / "report.json").read_text())
     m = report["tokenizer_metrics"]
     assert report["tokenizer_steps"] == 150 and m["images"] == 2000 and m["quantizer"] == "looc"
@@ -57,11 +57,11 @@ def test_sample_command_writes_pngs_and_grid(tmp_path, capsys):
     from tiny import tiny_pipeline
 
     tiny_pipeline("sit").save_pretrained(tmp_path / "pipe")
-    lcgen_cli.main(["sample", str(tmp_path / "pipe"), "--class-id", "1,frock", "--num-images", "3",
+    cli.main(["sample", str(tmp_path / "pipe"), "--class-id", "1,frock", "--num-images", "3",
                     "--num-inference-steps", "2", "--output", str(tmp_path / "out")])
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["00000.png", "00001.png", "00002.png", "00003.png", "00004.png", "00005.png", "grid.png"]
     with pytest.raises(SystemExit) as exc:
-        lcgen_cli.main(["sample", str(tmp_path / "pipe"), "--class-id", "12", "--output", str(tmp_path / "bad")])
+        cli.main(["sample", str(tmp_path / "pipe"), "--class-id", "12", "--output", str(tmp_path / "bad")])
     assert "error: class_id 12 is out of range [0, 10)" in str(exc.value)
     assert not (tmp_path / "bad").exists()

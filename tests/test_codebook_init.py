@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from tokenizer.codebook_init import build_lc_codebook, clip_patch_features, load_clip_vision
-from tokenizer.kmeans import kmeans
-from tokenizer.quantizers import build_quantizer
+from lcgen.tokenizer.codebook_init import build_lc_codebook, clip_patch_features, load_clip_vision
+from lcgen.tokenizer.kmeans import kmeans
+from lcgen.tokenizer.quantizers import build_quantizer
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from eval.metrics import CodebookUsage
+from lcgen.eval.metrics import CodebookUsage
 
 
 def test_utilisation_and_perplexity_by_hand_over_batches():

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tokenizer.train import parse_config
+from lcgen.tokenizer.train import parse_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = os.path.join(ROOT, "configs", "fashion-mnist-looc-cpu.yaml")
@@ -15,8 +15,8 @@ def test_every_preset_parses(path):
     import yaml
 
     if "prior" in yaml.safe_load(open(path)):  # a stage-two preset
-        from priors.families import check_family
-        from priors.train import parse_config as parse_prior_config
+        from lcgen.priors.families import check_family
+        from lcgen.priors.train import parse_config as parse_prior_config
 
         cfg = parse_prior_config(["--config", path])
         check_family(cfg["prior"].family, cfg["prior"].size)

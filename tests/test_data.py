@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.data import ImageTransform, build_dataset, collate_skipping_bad
-from eval.data.fashion_mnist import DEBIAN_DIR, debian_files_present, read_idx
+from lcgen.data import ImageTransform, build_dataset, collate_skipping_bad
+from lcgen.data.fashion_mnist import DEBIAN_DIR, debian_files_present, read_idx
 
 needs_fmnist = pytest.mark.skipif(not debian_files_present(), reason="Debian dataset-fashion-mnist not installed")
 
@@ -107,7 +107,7 @@ def test_image_folder_without_requested_split(tmp_path):
 
 
 def test_fashion_mnist_falls_back_to_the_hub_and_explains_offline(monkeypatch):
-    import eval.data.datasets as d
+    import lcgen.data.datasets as d
 
     monkeypatch.setattr(d, "debian_files_present", lambda root=None: False)
     with pytest.raises(ValueError, match="zalando-datasets/fashion_mnist.*offline mode is on"):

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tokenizer.quantizers import build_quantizer
+from lcgen.tokenizer.quantizers import build_quantizer
 
 CASES = {
     "ema": dict(kind="ema"),

@@ -4,7 +4,7 @@ accounted for."""
 import pytest
 import torch
 
-from priors.dit import DiTModel, parse_dit_size, sincos_2d, timestep_embedding
+from lcgen.priors.dit import DiTModel, parse_dit_size, sincos_2d, timestep_embedding
 
 
 def test_zero_init_output_and_shapes():

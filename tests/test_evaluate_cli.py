@@ -1,4 +1,4 @@
-"""`lcgen evaluate` and `accelerate launch -m eval.evaluate` with two gloo processes: the ranks split the
+"""`lcgen evaluate` and `accelerate launch -m lcgen.eval.evaluate` with two gloo processes: the ranks split the
 sampling and the feature shards, and the report equals a one-process evaluation of the same images."""
 import json
 import os
@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny import tiny_pipeline
 
-from eval.classifier import ImageClassifier
+from lcgen.eval.classifier import ImageClassifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +36,7 @@ def test_two_processes_split_sampling_and_features(models, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29537",
-           "-m", "eval.evaluate", "fid", "--pipeline", str(models / "pipe"), "--num-samples", "11",
+           "-m", "lcgen.eval.evaluate", "fid", "--pipeline", str(models / "pipe"), "--num-samples", "11",
            "--num-inference-steps", "2", "--output", str(tmp_path / "two"), "--metrics", "fid,kid",
            *common(models, tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -48,7 +48,7 @@ def test_two_processes_split_sampling_and_features(models, tmp_path):
     with open(tmp_path / "two" / "report.json") as f:
         report = json.load(f)
     assert report["protocol"]["num_processes"] == 2 and report["protocol"]["num_images"] == 11
-    from lcgen_cli import main
+    from lcgen.cli import main
 
     main(["evaluate", "fid", "--samples", str(tmp_path / "two" / "samples"), "--output", str(tmp_path / "one"),
           "--metrics", "fid,kid", *common(models, tmp_path)])
@@ -60,7 +60,7 @@ def test_two_processes_split_sampling_and_features(models, tmp_path):
 
 
 def test_cli_reports_bad_input_in_one_line(models, tmp_path, capsys):
-    from lcgen_cli import main
+    from lcgen.cli import main
 
     with pytest.raises(SystemExit, match="lcgen evaluate: error: .*neither an image folder nor an .npz"):
         main(["evaluate", "fid", "--samples", str(tmp_path / "nothing"), "--output", str(tmp_path / "e"),

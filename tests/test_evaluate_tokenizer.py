@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-import lcgen_cli
-from eval.data import build_dataset
-from eval.evaluate_tokenizer import evaluate_tokenizer
-from eval.metrics import CodebookUsage, psnr, ssim
-from eval.metrics.perceptual import load_lpips, lpips_distance
-from tokenizer import VQTokenizer
+from lcgen import cli
+from lcgen.data import build_dataset
+from lcgen.eval.evaluate_tokenizer import evaluate_tokenizer
+from lcgen.eval.metrics import CodebookUsage, psnr, ssim
+from lcgen.eval.metrics.perceptual import load_lpips, lpips_distance
+from lcgen.tokenizer import VQTokenizer
 
 
 def _model():
@@ -51,7 +51,7 @@ def test_cli_on_saved_model_and_image_folder(tmp_path, capsys):
     for i in range(3):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (28, 28), dtype=np.uint8)).save(folder / f"{i}.png")
     (folder / "broken.jpg").write_bytes(b"nope")
-    lcgen_cli.main(["evaluate-tokenizer", str(tmp_path / "run" / "model"), "--dataset", "imagefolder", "--split",
+    cli.main(["evaluate-tokenizer", str(tmp_path / "run" / "model"), "--dataset", "imagefolder", "--split",
                     "train", "--data-dir", str(tmp_path / "imgs"), "--lpips", "off"])
     report = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert report["images"] == 3 and report["skipped_images"] == 1 and "lpips" not in report
@@ -59,4 +59,4 @@ def test_cli_on_saved_model_and_image_folder(tmp_path, capsys):
 
 def test_cli_rejects_a_folder_that_is_not_a_model(tmp_path):
     with pytest.raises(SystemExit, match="not a saved VQTokenizer"):
-        lcgen_cli.main(["evaluate-tokenizer", str(tmp_path)])
+        cli.main(["evaluate-tokenizer", str(tmp_path)])

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 from tiny import tiny_tokenizer
 
-import priors.extract as extract_module
-from eval.data import build_dataset
-from priors.extract import extract
-from priors.shards import TokenShardDataset, read_meta, shard_name
+import lcgen.priors.extract as extract_module
+from lcgen.data import build_dataset
+from lcgen.priors.extract import extract
+from lcgen.priors.shards import TokenShardDataset, read_meta, shard_name
 
 
 @pytest.fixture(scope="module")

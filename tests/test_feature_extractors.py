@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch_fidelity
 
-import eval.feature_extractors as fe
-from eval.classifier import ImageClassifier
-from eval.data.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
-from eval.fid import frechet_distance
+import lcgen.eval.feature_extractors as fe
+from lcgen.eval.classifier import ImageClassifier
+from lcgen.data.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
+from lcgen.eval.fid import frechet_distance
 
 
 class UInt8Images(torch.utils.data.Dataset):

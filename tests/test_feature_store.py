@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval.feature_store import FeatureStore, StreamingStats, rank_deficiency_warning
-from eval.image_inputs import TensorImages
+from lcgen.eval.feature_store import FeatureStore, StreamingStats, rank_deficiency_warning
+from lcgen.eval.image_inputs import TensorImages
 
 
 def test_streaming_stats_equal_numpy_even_with_large_offsets():

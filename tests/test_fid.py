@@ -1,8 +1,8 @@
-"""eval.fid.frechet_distance against closed forms and torch-fidelity on the same features."""
+"""lcgen.eval.fid.frechet_distance against closed forms and torch-fidelity on the same features."""
 import numpy as np
 import pytest
 
-from eval.fid import frechet_distance
+from lcgen.eval.fid import frechet_distance
 
 
 def random_cov(d, seed, rank=None):

@@ -12,11 +12,11 @@ import torch_fidelity
 from PIL import Image
 from tiny import tiny_pipeline
 
-from eval.classifier import ImageClassifier
-from eval.extractors import FASHION_MNIST, ExtractorSpec, make_random_inception_weights
-from eval.fid import frechet_distance
-from eval.generation_fid import evaluate_fid
-from eval.measure import MeasureSettings
+from lcgen.eval.classifier import ImageClassifier
+from lcgen.eval.extractors import FASHION_MNIST, ExtractorSpec, make_random_inception_weights
+from lcgen.eval.fid import frechet_distance
+from lcgen.eval.generation_fid import evaluate_fid
+from lcgen.eval.measure import MeasureSettings
 
 N = 10  # Inception costs ~0.1 s per image on 2 CPU cores
 
@@ -135,7 +135,7 @@ def classifier_settings(classifier, cache, **kw):
 
 
 def test_reference_statistics_are_cached_and_invalidated(classifier, tmp_path, monkeypatch):
-    from eval.feature_store import FeatureStore
+    from lcgen.eval.feature_store import FeatureStore
 
     ref = write_folder(tmp_path / "ref", smooth_images(30, 1))
     samples = write_npz(tmp_path / "s.npz", smooth_images(30, 0))
@@ -169,7 +169,7 @@ def test_reference_statistics_are_cached_and_invalidated(classifier, tmp_path, m
 
 
 def test_interrupted_evaluation_resumes(classifier, tmp_path, monkeypatch):
-    import eval.extractors as ex
+    import lcgen.eval.extractors as ex
 
     samples = write_npz(tmp_path / "s.npz", smooth_images(12, 0))
     ref = write_npz(tmp_path / "r.npz", smooth_images(12, 1))
@@ -186,7 +186,7 @@ def test_interrupted_evaluation_resumes(classifier, tmp_path, monkeypatch):
             return net(x)
         return run
 
-    monkeypatch.setattr("eval.measure.build_extractor", flaky_build)
+    monkeypatch.setattr("lcgen.eval.measure.build_extractor", flaky_build)
     with pytest.warns(UserWarning), pytest.raises(KeyboardInterrupt):
         evaluate_fid(str(tmp_path / "e"), ref, samples=samples, settings=settings)
     assert sorted(os.listdir(tmp_path / "e" / "features")) == ["meta.json", "shard-00000.npz"]
@@ -196,11 +196,11 @@ def test_interrupted_evaluation_resumes(classifier, tmp_path, monkeypatch):
         net = real_build(*a, **k)
         return lambda x: calls.append(len(x)) or net(x)
 
-    monkeypatch.setattr("eval.measure.build_extractor", counting_build)
+    monkeypatch.setattr("lcgen.eval.measure.build_extractor", counting_build)
     with pytest.warns(UserWarning):
         resumed = evaluate_fid(str(tmp_path / "e"), ref, samples=samples, settings=settings)
     assert sum(calls) == 8 + 12  # samples 4..11, then the whole reference
-    monkeypatch.setattr("eval.measure.build_extractor", real_build)
+    monkeypatch.setattr("lcgen.eval.measure.build_extractor", real_build)
     with pytest.warns(UserWarning):
         clean = evaluate_fid(str(tmp_path / "clean"), ref, samples=samples,
                              settings=classifier_settings(classifier, tmp_path / "cache2", shard_size=4))

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from priors.gpt import GPTPrior
-from priors.sampling import filter_logits, sample_tokens
+from lcgen.priors.gpt import GPTPrior
+from lcgen.priors.sampling import filter_logits, sample_tokens
 from tiny import randomize
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.data.transforms import adm_center_crop
-from eval.image_inputs import FolderImages, NpzImages, SplitImages, as_uint8_images, float_to_uint8
-from eval.reference import resolve_reference
+from lcgen.data.transforms import adm_center_crop
+from lcgen.eval.image_inputs import FolderImages, NpzImages, SplitImages, as_uint8_images, float_to_uint8
+from lcgen.eval.reference import resolve_reference
 
 
 def write_pngs(folder, sizes, mode="RGB"):
@@ -142,7 +142,7 @@ def test_unavailable_hub_reference_offline():
 
 def test_split_reference_gives_the_dataset_pixels():
     ref = resolve_reference("fashion-mnist-test", max_samples=3)
-    from eval.data.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
+    from lcgen.data.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
 
     images, _ = load_fashion_mnist("test", DEBIAN_DIR)
     assert isinstance(ref.images, SplitImages) and len(ref.images) == 3

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from eval.metrics.perceptual import load_lpips, lpips_distance
-from tokenizer import VQTokenizer
-from tokenizer.losses import NLayerDiscriminator, TokenizerLoss, adaptive_weight, hinge_d_loss
+from lcgen.eval.metrics.perceptual import load_lpips, lpips_distance
+from lcgen.tokenizer import VQTokenizer
+from lcgen.tokenizer.losses import NLayerDiscriminator, TokenizerLoss, adaptive_weight, hinge_d_loss
 
 
 def test_hinge_loss_hand_computed():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny import tiny_pipeline
 
-from pipelines import VQDiTPipeline, VQGPTPipeline, VQLDMPipeline, VQSiTPipeline, load_pipeline
+from lcgen.pipelines import VQDiTPipeline, VQGPTPipeline, VQLDMPipeline, VQSiTPipeline, load_pipeline
 
 FAMILIES = ["gpt", "ldm", "dit", "sit"]
 
@@ -46,7 +46,7 @@ def test_fixed_generator_is_deterministic(pipe):
 def test_save_and_load_round_trip(pipe, tmp_path):
     pipe.save_pretrained(tmp_path)
     index = json.load(open(tmp_path / "model_index.json"))
-    assert index["_class_name"] == type(pipe).__name__ and index["vqvae"] == ["tokenizer.model", "VQTokenizer"]
+    assert index["_class_name"] == type(pipe).__name__ and index["vqvae"] == ["lcgen.tokenizer.model", "VQTokenizer"]
     assert not list(tmp_path.rglob("*.bin")) and list(tmp_path.rglob("*.safetensors"))
     loaded = type(pipe).from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)

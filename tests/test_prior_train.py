@@ -1,4 +1,4 @@
-"""priors.train: every family trains a few steps from token shards and samples through its saved
+"""lcgen.priors.train: every family trains a few steps from token shards and samples through its saved
 pipeline; resume is exact; two CPU processes (gloo) run the same loop; bad configs fail before writing."""
 import json
 import os
@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 from tiny import tiny_tokenizer
 
-from pipelines import load_pipeline
-from priors.extract import extract
-from priors.train import parse_config, train
+from lcgen.pipelines import load_pipeline
+from lcgen.priors.extract import extract
+from lcgen.priors.train import parse_config, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_OPTIONS = {
@@ -79,7 +79,7 @@ def test_two_process_accelerate_run_on_cpu(shards, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29534",
-           "-m", "priors.train", *args("dit", shards, tmp_path, "--max_train_steps", "4", "--checkpointing_steps", "2")]
+           "-m", "lcgen.priors.train", *args("dit", shards, tmp_path, "--max_train_steps", "4", "--checkpointing_steps", "2")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "train_summary.json").read_text())
@@ -91,7 +91,7 @@ def test_two_process_accelerate_run_on_cpu(shards, tmp_path):
 
 
 def test_bf16_and_push_to_hub_call(shards, tmp_path, monkeypatch):
-    from pipelines import VQDiTPipeline
+    from lcgen.pipelines import VQDiTPipeline
 
     pushed = []
     monkeypatch.setattr(VQDiTPipeline, "push_to_hub", lambda self, repo_id, **kw: pushed.append(repo_id))

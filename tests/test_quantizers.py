@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from tokenizer.quantizers import KINDS, build_quantizer
+from lcgen.tokenizer.quantizers import KINDS, build_quantizer
 
 
 def fp64_nearest(flat, codes, distance="l2"):
@@ -242,7 +242,7 @@ def test_looc_interpolation_gradient_passes_up_and_down():
     g = torch.randn(1, 3, 4, 4)
     (q(z).quantized * g).sum().backward()
     z2 = z.detach().clone().requires_grad_(True)
-    from tokenizer.quantizers.interpolation import interpolate_down, interpolate_up
+    from lcgen.tokenizer.quantizers.interpolation import interpolate_down, interpolate_up
     (interpolate_down(interpolate_up(z2, 2), 2) * g).sum().backward()
     assert torch.allclose(z.grad, z2.grad, atol=1e-6)
     assert not torch.allclose(z.grad, g)  # not the identity

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval.metrics import l1_error, psnr, ssim
-from eval.metrics.reconstruction import gaussian_window
+from lcgen.eval.metrics import l1_error, psnr, ssim
+from lcgen.eval.metrics.reconstruction import gaussian_window
 
 
 def test_psnr_and_l1_closed_form():

@@ -8,14 +8,14 @@ import pytest
 import torch
 from tiny import randomize, tiny_tokenizer
 
-from eval.classifier import ImageClassifier
-from eval.data.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
-from eval.extractors import FASHION_MNIST, ExtractorSpec
-from eval.fid import frechet_distance
-from eval.generation_fid import evaluate_fid
-from eval.image_inputs import float_to_uint8
-from eval.measure import MeasureSettings
-from eval.rfid import evaluate_rfid
+from lcgen.eval.classifier import ImageClassifier
+from lcgen.data.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
+from lcgen.eval.extractors import FASHION_MNIST, ExtractorSpec
+from lcgen.eval.fid import frechet_distance
+from lcgen.eval.generation_fid import evaluate_fid
+from lcgen.eval.image_inputs import float_to_uint8
+from lcgen.eval.measure import MeasureSettings
+from lcgen.eval.rfid import evaluate_rfid
 
 N = 40
 
@@ -40,7 +40,7 @@ def test_rfid_equals_the_frechet_distance_of_reconstructions(setup, tmp_path):
     with pytest.warns(UserWarning, match="rank-deficient"):
         report = evaluate_rfid(str(setup / "tok"), str(tmp_path / "e"), "fashion-mnist", "test", 28, "adm",
                                max_samples=N, settings=settings(setup))
-    from tokenizer import VQTokenizer
+    from lcgen.tokenizer import VQTokenizer
 
     tok = VQTokenizer.from_pretrained(setup / "tok").eval()
     clf = ImageClassifier.from_pretrained(setup / "clf").eval()

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from tiny import tiny_pipeline
 
-from eval.sampling import class_for, generate, to_uint8
+from lcgen.eval.sampling import class_for, generate, to_uint8
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,7 @@ def test_two_processes_make_exactly_the_requested_distinct_images(pipe_dir, tmp_
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29535",
-           "-m", "eval.sampling", "--pipeline", pipe_dir, "--output", str(tmp_path / "two"), "--num-samples", "11",
+           "-m", "lcgen.eval.sampling", "--pipeline", pipe_dir, "--output", str(tmp_path / "two"), "--num-samples", "11",
            "--batch-size", "4", "--num-inference-steps", "2", "--npz", "--class-balanced"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

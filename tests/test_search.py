@@ -6,7 +6,7 @@ import textwrap
 import pytest
 import torch
 
-from tokenizer.quantizers.search import best_row_per_code, nearest_code
+from lcgen.tokenizer.quantizers.search import best_row_per_code, nearest_code
 
 
 def fp64_argmin(x, codes, distance="l2"):
@@ -90,7 +90,7 @@ def test_65536_tokens_against_100k_codes_under_1gb():
     """The issue's bound, measured as peak RSS growth of a fresh process."""
     script = textwrap.dedent("""
         import torch
-        from tokenizer.quantizers.search import nearest_code
+        from lcgen.tokenizer.quantizers.search import nearest_code
 
         def status(key):
             for line in open("/proc/self/status"):

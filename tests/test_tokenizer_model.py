@@ -3,7 +3,7 @@ the frozen codebook and quantizer buffers, and clear errors for bad input."""
 import pytest
 import torch
 
-from tokenizer import VQTokenizer
+from lcgen.tokenizer import VQTokenizer
 
 TINY_VQGAN = dict(backbone="vqgan", resolution=32, ch=32, ch_mult=(1, 2, 2), attn_resolutions=(8,), z_channels=16)
 TINY_VQVAE = dict(backbone="vqvae", in_channels=1, hidden_channels=32, residual_channels=8)

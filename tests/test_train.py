@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tokenizer.checkpointing import list_checkpoints, resolve_checkpoint
-from tokenizer.train import parse_config, train
+from lcgen.training.checkpointing import list_checkpoints, resolve_checkpoint
+from lcgen.tokenizer.train import parse_config, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = os.path.join(ROOT, "configs", "fashion-mnist-looc-cpu.yaml")
@@ -68,10 +68,10 @@ def test_bad_config_fails_before_any_write(tmp_path, argv, match):
 
 
 def test_cli_error_is_one_line(tmp_path):
-    import lcgen_cli
+    from lcgen import cli
 
     with pytest.raises(SystemExit) as exc:
-        lcgen_cli.main(["train-tokenizer", "--config", PRESET, "--lr", "fast", "--output_dir", str(tmp_path / "x")])
+        cli.main(["train-tokenizer", "--config", PRESET, "--lr", "fast", "--output_dir", str(tmp_path / "x")])
     assert str(exc.value) == "lcgen train-tokenizer: error: training.lr must be float, got 'fast'"
 
 
@@ -81,7 +81,7 @@ def test_two_process_accelerate_run_on_cpu(tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-           "-m", "tokenizer.train", *TINY[:-1], "--max_train_steps", "4", "--checkpointing_steps", "2",
+           "-m", "lcgen.tokenizer.train", *TINY[:-1], "--max_train_steps", "4", "--checkpointing_steps", "2",
            "--output_dir", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -95,7 +95,7 @@ def test_two_process_accelerate_run_on_cpu(tmp_path):
 
 
 def test_bf16_mixed_precision_run_and_push_to_hub_call(tmp_path, monkeypatch):
-    from tokenizer import VQTokenizer
+    from lcgen.tokenizer import VQTokenizer
 
     pushed = []
     monkeypatch.setattr(VQTokenizer, "push_to_hub", lambda self, repo_id, **kw: pushed.append(repo_id))
@@ -159,7 +159,7 @@ def test_vqgan_lc_run_with_lpips_and_gan_after_disc_start(tmp_path):
     summary = json.loads((out / "train_summary.json").read_text())
     losses = summary["last_losses"]
     assert {"loss/perceptual", "loss/generator_adv", "loss/discriminator", "loss/adaptive_weight"} <= set(losses)
-    from tokenizer import VQTokenizer
+    from lcgen.tokenizer import VQTokenizer
 
     loaded = VQTokenizer.from_pretrained(out / "model")
     assert loaded.config.frozen_codebook_source == str(codebook)

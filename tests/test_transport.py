@@ -4,7 +4,7 @@ path equals diffusers' FlowMatchEulerDiscreteScheduler after converting time and
 import pytest
 import torch
 
-from priors.transport import Interpolant
+from lcgen.priors.transport import Interpolant
 
 MU, S = 1.5, 0.4
 

@@ -2,10 +2,10 @@
 import torch
 from diffusers import DDIMScheduler
 
-from priors.dit import DiTModel
-from priors.gpt import GPTPrior
-from priors.ldm import build_ldm_unet
-from tokenizer import VQTokenizer
+from lcgen.priors.dit import DiTModel
+from lcgen.priors.gpt import GPTPrior
+from lcgen.priors.ldm import build_ldm_unet
+from lcgen.tokenizer import VQTokenizer
 
 NAMES = {i: f"class{i}" for i in range(10)}
 NAMES[3] = "dress, frock"  # a synonym list, as ImageNet's id2label
@@ -45,7 +45,7 @@ def randomize(model, std: float = 0.2):
 
 
 def tiny_pipeline(family: str, num_classes: int = 10, id2label=None):
-    from pipelines import PIPELINES
+    from lcgen.pipelines import PIPELINES
 
     tok = tiny_tokenizer()
     labels = (NAMES if num_classes else {}) if id2label is None else id2label

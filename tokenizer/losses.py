@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from eval.metrics.perceptual import load_lpips, lpips_distance
+from lcgen.eval.metrics.perceptual import load_lpips, lpips_distance
 
 
 class NLayerDiscriminator(nn.Module):

@@ -1,28 +1,50 @@
-"""The `lcgen` command line: one entry per job, thin wrappers over the Python functions."""
+"""The `lcgen` command line: one entry per job, thin wrappers over the Python functions. Results
+(metrics, reports) go to stdout; status goes through `logging` (the `lcgen` logger, on stderr)."""
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import runpy
 import sys
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+import torch
+from torchvision.utils import save_image
+
+from lcgen.demo import format_report, run_demo
+from lcgen.eval.classifier import train_classifier
+from lcgen.eval.evaluate import main as evaluate_main
+from lcgen.eval.evaluate_tokenizer import run as evaluate_tokenizer
+from lcgen.log import configure as configure_logging
+from lcgen.pipelines import load_pipeline
+from lcgen.priors.extract import extract
+from lcgen.priors.train import main as train_prior_main
+from lcgen.tokenizer.codebook_init import build_lc_codebook
+from lcgen.tokenizer.train import main as train_tokenizer_main
+
+# the source checkout (benchmarks/ is not part of the installed package)
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVICE_HELP = "torch device (default: cuda when available, else cpu)"
+logger = logging.getLogger(__name__)
+
+
+def default_device(device: str | None) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _run_benchmark(argv):
-    path = os.path.join(ROOT, "benchmarks", "search_throughput.py")
+    path = os.path.join(CHECKOUT, "benchmarks", "search_throughput.py")
     if not os.path.isfile(path):
         raise SystemExit(f"benchmark script not found at {path} (run lcgen from a source checkout)")
-    sys.path.insert(0, ROOT)
+    sys.path.insert(0, CHECKOUT)
     module = runpy.run_path(path)
     return module["main"](argv)
 
 
 def cmd_demo(args):
     """The main job: tokenizer, token extraction, classifier, four priors as pipelines, per-class
-    samples and their class accuracy, on Fashion-MNIST on the CPU (lcgen_demo.py)."""
-    from lcgen_demo import format_report, run_demo
-
+    samples and their class accuracy, on Fashion-MNIST on the CPU (lcgen/demo.py)."""
     families = tuple(args.priors.split(",")) if args.priors else None
     report = run_demo(args.output, args.quick, **({"families": families} if families else {}), lpips=args.lpips,
                       lpips_vgg_weights=args.lpips_vgg_weights)
@@ -30,31 +52,23 @@ def cmd_demo(args):
 
 
 def cmd_extract(args):
-    from priors.extract import extract
-
     store = tuple(s.strip() for s in args.store.split(","))
     meta = extract(args.tokenizer, args.dataset, args.output, args.split, args.resolution, args.data_dir,
                    args.max_samples, args.flip_view, store, args.latent_dtype, args.batch_size, args.shard_size,
-                   args.device, args.num_workers)
-    print(f"wrote {meta['num_shards']} shard(s) of {meta['num_images']} images to {args.output} "
+                   default_device(args.device), args.num_workers)
+    logger.info(f"wrote {meta['num_shards']} shard(s) of {meta['num_images']} images to {args.output} "
           f"(indices {meta['index_shape']}, latents {meta['latent_shape']}, {meta['views']} view(s))")
 
 
 def cmd_train_prior(args, extra):
-    from priors.train import parse_config, train
-
-    train(parse_config((["--config", args.config] if args.config else []) + extra))
+    train_prior_main(extra + args.rest, prog="lcgen train-prior")
 
 
 def cmd_sample(args):
-    import torch
-    from torchvision.utils import save_image
-
-    from pipelines import load_pipeline
-
     if args.num_images <= 0:
         raise ValueError(f"--num-images must be > 0, got {args.num_images}")
-    pipe = load_pipeline(args.pipeline).to(args.device)
+    device = default_device(args.device)
+    pipe = load_pipeline(args.pipeline).to(device)
     class_ids = None
     if args.class_id:
         class_ids = [int(c) if c.strip().lstrip("-").isdigit() else c.strip() for c in args.class_id.split(",")]
@@ -67,40 +81,30 @@ def cmd_sample(args):
         for k in ("temperature", "top_k", "top_p"):
             kwargs.pop(k, None)
     images = pipe(class_id=class_ids, num_images_per_class=args.num_images, output_type="pt",
-                  generator=torch.Generator(args.device).manual_seed(args.seed), **kwargs).images
+                  generator=torch.Generator(device).manual_seed(args.seed), **kwargs).images
     os.makedirs(args.output, exist_ok=True)  # after sampling: bad arguments leave nothing behind
     for i, img in enumerate(images):
         save_image(img, os.path.join(args.output, f"{i:05d}.png"))
     save_image(images, os.path.join(args.output, "grid.png"), nrow=args.num_images)
-    print(f"wrote {len(images)} images and grid.png to {args.output}")
+    logger.info(f"wrote {len(images)} images and grid.png to {args.output}")
 
 
 def cmd_train_classifier(args):
-    from eval.classifier import train_classifier
-
     m = train_classifier(args.output, args.dataset, args.epochs, args.batch_size, max_samples=args.max_samples)
-    print(f"test accuracy {m['test_accuracy']:.4f} on {m['test_images']} images; saved {args.output}")
+    logger.info(f"test accuracy {m['test_accuracy']:.4f} on {m['test_images']} images; saved {args.output}")
 
 
 def cmd_train_tokenizer(args, extra):
-    from tokenizer.train import parse_config, train
-
-    train(parse_config((["--config", args.config] if args.config else []) + extra))
+    train_tokenizer_main(extra + args.rest, prog="lcgen train-tokenizer")
 
 
 def cmd_evaluate_tokenizer(args):
-    import json
-
-    from eval.evaluate_tokenizer import run
-
-    metrics = run(args.model, args.dataset, args.split, args.output, args.batch_size, args.resolution,
-                  args.data_dir, args.max_samples, args.lpips, args.lpips_vgg_weights, args.device)
+    metrics = evaluate_tokenizer(args.model, args.dataset, args.split, args.output, args.batch_size, args.resolution,
+                  args.data_dir, args.max_samples, args.lpips, args.lpips_vgg_weights, default_device(args.device))
     print(json.dumps(metrics, indent=2))
 
 
 def cmd_evaluate(args, extra):
-    from eval.evaluate import main as evaluate_main
-
     evaluate_main(extra + args.rest, prog="lcgen evaluate")  # argparse leaves a leading -h in `extra`
 
 
@@ -109,12 +113,10 @@ def cmd_benchmark_search(args):
 
 
 def cmd_init_codebook(args):
-    from tokenizer.codebook_init import build_lc_codebook
-
     meta = build_lc_codebook(args.encoder, args.image_folder, args.codebook_size, args.output,
                              per_class=args.per_class, pool=args.pool, iters=args.iters,
                              batch_size=args.batch_size, seed=args.seed)
-    print(f"wrote {args.output}: {meta['codebook_size']} codes from {meta['images']} images "
+    logger.info(f"wrote {args.output}: {meta['codebook_size']} codes from {meta['images']} images "
           f"({meta['skipped_images']} skipped)")
 
 
@@ -144,13 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--latent-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     x.add_argument("--batch-size", type=int, default=256)
     x.add_argument("--shard-size", type=int, default=10_000)
-    x.add_argument("--device", default="cpu")
+    x.add_argument("--device", default=None, help=DEVICE_HELP)
     x.add_argument("--num-workers", type=int, default=0)
     x.set_defaults(func=cmd_extract)
 
     tp = sub.add_parser("train-prior", help="train a GPT/LDM/DiT/SiT prior in this process (same code as "
-                        "`accelerate launch -m priors.train`); other --key value pairs override the preset")
-    tp.add_argument("--config", default=None, help="a preset, e.g. configs/fashion-mnist-dit-cpu.yaml")
+                        "`accelerate launch -m lcgen.priors.train`): --config PRESET_OR_FILE, then --key value "
+                        "overrides (`lcgen train-prior -h` lists every key)", add_help=False)
+    tp.add_argument("rest", nargs=argparse.REMAINDER)
     tp.set_defaults(func=cmd_train_prior, takes_extra=True)
 
     s = sub.add_parser("sample", help="sample a saved pipeline: PNGs and a grid")
@@ -164,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--top-p", type=float, default=None)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default=None, help=DEVICE_HELP)
     s.set_defaults(func=cmd_sample)
 
     k = sub.add_parser("train-classifier", help="the Fashion-MNIST classifier that judges samples")
@@ -176,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=cmd_train_classifier)
 
     t = sub.add_parser("train-tokenizer", help="train a tokenizer in this process (same code as "
-                       "`accelerate launch -m tokenizer.train`); other --key value pairs override the preset")
-    t.add_argument("--config", default=None, help="a preset, e.g. configs/looc-256x4.yaml")
+                       "`accelerate launch -m lcgen.tokenizer.train`): --config PRESET_OR_FILE, then --key value "
+                       "overrides (`lcgen train-tokenizer -h` lists every key)", add_help=False)
+    t.add_argument("rest", nargs=argparse.REMAINDER)
     t.set_defaults(func=cmd_train_tokenizer, takes_extra=True)
 
     e = sub.add_parser("evaluate-tokenizer", help="l1, PSNR, SSIM, LPIPS, utilisation and perplexity over a split")
@@ -191,12 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-samples", type=int, default=None)
     e.add_argument("--lpips", choices=["auto", "on", "off", "random"], default="auto")
     e.add_argument("--lpips-vgg-weights", default=None)
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default=None, help=DEVICE_HELP)
     e.set_defaults(func=cmd_evaluate_tokenizer)
 
     v = sub.add_parser("evaluate", help="FID / IS / KID / precision-recall of a pipeline or samples, or rFID of a "
                        "tokenizer, via torch-fidelity (`lcgen evaluate fid -h`, `lcgen evaluate rfid -h`); the same "
-                       "as `accelerate launch -m eval.evaluate ...` in one process", add_help=False)
+                       "as `accelerate launch -m lcgen.eval.evaluate ...` in one process", add_help=False)
     v.add_argument("rest", nargs=argparse.REMAINDER)
     v.set_defaults(func=cmd_evaluate, takes_extra=True)
 
@@ -222,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
+    configure_logging()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_extra", False):

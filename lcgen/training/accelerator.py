@@ -4,6 +4,9 @@ from __future__ import annotations
 import os
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
 
 def build_accelerator(t):
@@ -12,10 +15,6 @@ def build_accelerator(t):
     accelerate keeps one global state per process; a second run in the same process (the demo,
     notebooks, tests) may ask for another precision, so it is reset here (the distributed state is kept).
     """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
-
     tracker = None if t.report_to in (None, "none") else t.report_to
     AcceleratorState._reset_state()
     accelerator = Accelerator(

@@ -16,8 +16,18 @@ import os
 import shutil
 import time
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-TOKENIZER_PRESET = os.path.join(ROOT, "configs", "fashion-mnist-looc-d16-cpu.yaml")
+from torchvision.utils import save_image
+
+from lcgen.eval.classifier import ImageClassifier, sample_class_accuracy, train_classifier
+from lcgen.eval.evaluate_tokenizer import run as evaluate_tokenizer
+from lcgen.pipelines import load_pipeline
+from lcgen.priors.extract import extract
+from lcgen.priors.train import parse_config as prior_config
+from lcgen.priors.train import train as train_prior
+from lcgen.tokenizer.train import parse_config as tokenizer_config
+from lcgen.tokenizer.train import train as train_tokenizer
+
+TOKENIZER_PRESET = "fashion-mnist-looc-d16-cpu"  # presets ship inside the package (lcgen.configs)
 FAMILIES = ("gpt", "ldm", "dit", "sit")
 
 # (tokenizer steps, tokenizer eval images, extracted train images, classifier images/epochs,
@@ -31,22 +41,11 @@ BUDGETS = {
 
 
 def prior_preset(family: str) -> str:
-    return os.path.join(ROOT, "configs", f"fashion-mnist-{family}-cpu.yaml")
+    return f"fashion-mnist-{family}-cpu"
 
 
 def run_demo(output: str, quick: bool = False, families=FAMILIES, lpips: str = "auto",
              lpips_vgg_weights: str | None = None) -> dict:
-    from torchvision.utils import save_image
-
-    from eval.classifier import ImageClassifier, sample_class_accuracy, train_classifier
-    from eval.evaluate_tokenizer import run as evaluate_tokenizer
-    from pipelines import load_pipeline
-    from priors.extract import extract
-    from priors.train import parse_config as prior_config
-    from priors.train import train as train_prior
-    from tokenizer.train import parse_config as tokenizer_config
-    from tokenizer.train import train as train_tokenizer
-
     bad = [f for f in families if f not in FAMILIES]
     if bad:
         raise ValueError(f"unknown prior families {bad}; expected some of {FAMILIES}")
