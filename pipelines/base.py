@@ -1,5 +1,6 @@
 """What the four lcgen pipelines share: class ids and names, input checks, decoding through the
-tokenizer, output conversion, loading from the Hub, and pushing with a model card.
+tokenizer, output conversion, and pushing with a model card (loading, from a folder or the Hub, is
+diffusers' own `from_pretrained`).
 
 Each pipeline registers the tokenizer as `vqvae` (diffusers' LDMPipeline name for a VQ model) and its
 prior, and keeps `id2label` (and the other non-module settings) in `model_index.json` through
@@ -14,6 +15,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from huggingface_hub import HfApi
 
 from .model_card import write_model_card
 
@@ -117,25 +119,10 @@ class LCGenPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=out) if return_dict else (out,)
 
     # ------------------------------------------------------------------ Hub
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """A local folder or a Hub repo id. Repo ids are fetched with huggingface_hub's
-        snapshot_download (offline: from the local cache) and loaded from that folder: diffusers'
-        own download step rejects components whose classes live outside diffusers."""
-        path = str(pretrained_model_name_or_path)
-        if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
-
-            hub = {k: kwargs.pop(k) for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
-            path = snapshot_download(path, **hub)
-        return super().from_pretrained(path, **kwargs)
-
     def push_to_hub(self, repo_id: str, commit_message: str = "Upload lcgen pipeline", private: bool | None = None,
                     token: str | None = None, create_pr: bool = False, example_class_ids=None, **sample_kwargs):
         """Save the pipeline, an example grid and a model card (README.md) and upload them.
         `example_class_ids` picks the grid's classes (default: up to 8 of them)."""
-        from huggingface_hub import HfApi
-
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as tmp:

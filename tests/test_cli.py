@@ -1,5 +1,6 @@
 """The lcgen command line: clear one-line errors for bad input, the benchmark, and the quick demo."""
 import json
+import logging
 import subprocess
 import sys
 
@@ -52,16 +53,33 @@ def test_quick_demo_runs_both_stages_and_reports_class_accuracy(tmp_path, capsys
     assert "class acc" in capsys.readouterr().out
 
 
-def test_sample_command_writes_pngs_and_grid(tmp_path, capsys):
-    sys.path.insert(0, str(tmp_path.parent))
+def test_sample_command_writes_pngs_and_grid(tmp_path, caplog):
     from tiny import tiny_pipeline
 
     tiny_pipeline("sit").save_pretrained(tmp_path / "pipe")
-    cli.main(["sample", str(tmp_path / "pipe"), "--class-id", "1,frock", "--num-images", "3",
-                    "--num-inference-steps", "2", "--output", str(tmp_path / "out")])
+    lcgen_logger = logging.getLogger("lcgen")  # lcgen.log.configure keeps lcgen's messages off the root logger
+    lcgen_logger.addHandler(caplog.handler)
+    try:
+        cli.main(["sample", str(tmp_path / "pipe"), "--class-id", "1,frock", "--num-images", "3",
+                  "--num-inference-steps", "2", "--output", str(tmp_path / "out")])
+    finally:
+        lcgen_logger.removeHandler(caplog.handler)
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["00000.png", "00001.png", "00002.png", "00003.png", "00004.png", "00005.png", "grid.png"]
+    assert [(r.name, r.levelname) for r in caplog.records if "wrote 6 images" in r.getMessage()] == \
+        [("lcgen.cli", "INFO")]
     with pytest.raises(SystemExit) as exc:
         cli.main(["sample", str(tmp_path / "pipe"), "--class-id", "12", "--output", str(tmp_path / "bad")])
     assert "error: class_id 12 is out of range [0, 10)" in str(exc.value)
     assert not (tmp_path / "bad").exists()
+
+
+def test_device_defaults_to_cuda_when_available(monkeypatch):
+    assert cli.default_device("cpu") == "cpu" and cli.default_device("cuda:1") == "cuda:1"
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
+    assert cli.default_device(None) == "cpu"
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: True)
+    assert cli.default_device(None) == "cuda"
+    parser = cli.build_parser()
+    for argv in (["sample", "p", "--output", "o"], ["extract", "t", "--output", "o"], ["evaluate-tokenizer", "m"]):
+        assert parser.parse_args(argv).device is None  # resolved by default_device at run time

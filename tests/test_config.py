@@ -55,3 +55,42 @@ def test_unknown_key_in_yaml(tmp_path):
         parse_config(["--config", str(p)])
     with pytest.raises(ValueError, match="config file not found"):
         parse_config(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_help_lists_every_key_with_type_and_default():
+    """`lcgen train-tokenizer -h` / `train-prior -h`: every key of every section, typed, with its default."""
+    import subprocess
+    import sys
+
+    from lcgen.priors.train import SCHEMAS as PRIOR_SCHEMAS
+    from lcgen.tokenizer.train import SCHEMAS
+    from lcgen.training.config import _schema_fields
+
+    for command, schemas in (("train-tokenizer", SCHEMAS), ("train-prior", PRIOR_SCHEMAS)):
+        out = subprocess.run([sys.executable, "-m", "lcgen.cli", command, "--help"], capture_output=True, text=True,
+                             check=True, timeout=120).stdout
+        for section, schema in schemas.items():
+            assert f"\n{section}:\n" in out
+            for key in _schema_fields(schema):
+                assert f"--{section}.{key} " in out, (command, section, key)
+    assert "--training.lr float  (default: 0.0001)" in out  # the prior's LlamaGen/DiT default
+    assert "--training.max_train_steps int | None  (default: None)" in out
+    assert "--prior.options dict  (default: {})" in out
+
+
+def test_resolved_config_holds_every_key_and_loads_back(tmp_path):
+    from lcgen.tokenizer.train import SCHEMAS
+    from lcgen.training.config import _schema_fields, resolved_config, tracker_hparams, write_config
+
+    cfg = parse_config(["--config", PRESET, "--lr", "1e-3"])
+    resolved = resolved_config(cfg, SCHEMAS)
+    for section, schema in SCHEMAS.items():
+        assert set(resolved[section]) == set(_schema_fields(schema)), section  # defaults included
+    assert resolved["model"]["codebook_size"] == cfg["model"]["codebook_size"] and resolved["training"]["lr"] == 1e-3
+    write_config(resolved, str(tmp_path / "config.yaml"))
+    again = parse_config(["--config", str(tmp_path / "config.yaml")])
+    assert resolved_config(again, SCHEMAS) == resolved
+    hparams = tracker_hparams(resolved)
+    assert hparams["training.lr"] == 1e-3 and hparams["training.batch_size"] == cfg["training"].batch_size
+    assert hparams["training.use_ema"] is False and hparams["training.max_train_steps"] is None
+    assert isinstance(hparams["model.quantizer_options"], str)  # a dict, which trackers cannot hold, as YAML

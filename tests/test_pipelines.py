@@ -1,12 +1,18 @@
 """The four pipelines: `pipe(class_id=...)` by id, list and name, outputs, determinism, bad input,
-save/load with identical samples, loading from the Hub cache offline, and push_to_hub's upload."""
+save/load with identical samples (own class and diffusers' generic DiffusionPipeline loader), loading
+from the Hub cache offline, and push_to_hub's upload with a Hub-readable model card."""
+import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from diffusers import DiffusionPipeline
+from huggingface_hub import ModelCard
+from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache  # the layout snapshot_download writes
 from tiny import tiny_pipeline
 
 from lcgen.pipelines import VQDiTPipeline, VQGPTPipeline, VQLDMPipeline, VQSiTPipeline, load_pipeline
@@ -124,30 +130,65 @@ def test_mismatched_components_are_rejected():
         VQSiTPipeline(tok, tiny_dit(tok), id2label={12: "x"})
 
 
-def _fake_hub_cache(cache, repo_id, folder):
-    """huggingface_hub's cache layout: models--owner--name/{refs/main, snapshots/<commit>/...}."""
-    import shutil
-
+def _fake_hub_cache(cache, repo_id, folder, tree_listing):
+    """huggingface_hub's cache layout: models--owner--name/{refs/main, snapshots/<commit>/...}, and, as a
+    real snapshot_download leaves it, the commit's file listing (trees/<commit>.json): with it diffusers
+    runs the same component checks offline as online."""
     commit = "0123456789abcdef0123456789abcdef01234567"
     root = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
     shutil.copytree(folder, os.path.join(root, "snapshots", commit))
     os.makedirs(os.path.join(root, "refs"))
     with open(os.path.join(root, "refs", "main"), "w") as f:
         f.write(commit)
+    if tree_listing:
+        entries = {}
+        for dirpath, _, files in os.walk(folder):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                entries[os.path.relpath(path, folder).replace(os.sep, "/")] = TreeCacheEntry(
+                    size=os.path.getsize(path), blob_id=hashlib.sha1(open(path, "rb").read()).hexdigest())
+        write_tree_cache(root, commit, entries)
 
 
-def test_from_pretrained_repo_id_offline_from_the_hub_cache(tmp_path, monkeypatch):
-    pipe = tiny_pipeline("dit")
-    pipe.save_pretrained(tmp_path / "saved")
-    _fake_hub_cache(str(tmp_path / "cache"), "lcgen/tiny-dit", str(tmp_path / "saved"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+@pytest.fixture
+def offline(monkeypatch):
     import huggingface_hub.constants as c
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    loaded = VQDiTPipeline.from_pretrained("lcgen/tiny-dit", cache_dir=str(tmp_path / "cache"))
-    assert torch.equal(sample(loaded), sample(pipe))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_diffusers_generic_loader_returns_the_lcgen_pipeline(family, tmp_path):
+    """DiffusionPipeline.from_pretrained(folder) -> the class model_index.json names, same samples."""
+    pipe = tiny_pipeline(family)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp_path)
+    loaded = DiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded) is type(pipe) and torch.equal(sample(loaded, 3), sample(pipe, 3))
+
+
+@pytest.mark.parametrize("family,tree_listing", [("gpt", True), ("ldm", True), ("dit", True), ("sit", True),
+                                                 ("dit", False)])
+def test_from_pretrained_repo_id_offline_from_the_hub_cache(family, tree_listing, tmp_path, offline):
+    pipe = tiny_pipeline(family)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp_path / "saved")
+    repo = f"lcgen/tiny-{family}"
+    _fake_hub_cache(str(tmp_path / "cache"), repo, str(tmp_path / "saved"), tree_listing)
+    for loader in (DiffusionPipeline, type(pipe)):
+        loaded = loader.from_pretrained(repo, cache_dir=str(tmp_path / "cache"))
+        loaded.set_progress_bar_config(disable=True)
+        assert type(loaded) is type(pipe) and torch.equal(sample(loaded), sample(pipe))
     with pytest.raises(Exception):
-        VQDiTPipeline.from_pretrained("lcgen/not-cached", cache_dir=str(tmp_path / "cache"))
+        type(pipe).from_pretrained("lcgen/not-cached", cache_dir=str(tmp_path / "cache"))
+
+
+def test_load_pipeline_refuses_another_librarys_pipeline(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(ValueError, match="StableDiffusionPipeline.*not one of lcgen's"):
+        load_pipeline(str(tmp_path))
 
 
 def test_push_to_hub_uploads_pipeline_card_and_grid(monkeypatch, tmp_path):
@@ -165,8 +206,6 @@ def test_push_to_hub_uploads_pipeline_card_and_grid(monkeypatch, tmp_path):
         return Repo()
 
     def upload_folder(self, repo_id, folder_path, **kw):
-        import shutil
-
         shutil.copytree(folder_path, tmp_path / "uploaded")
         uploaded["upload"] = (repo_id, kw)
         return "https://huggingface.co/you/tiny-ldm/commit/0"
@@ -180,7 +219,10 @@ def test_push_to_hub_uploads_pipeline_card_and_grid(monkeypatch, tmp_path):
     files = set(os.listdir(tmp_path / "uploaded"))
     assert {"README.md", "example_grid.png", "model_index.json", "vqvae", "unet", "scheduler"} <= files
     card = open(tmp_path / "uploaded" / "README.md").read()
-    for needle in ("library_name: lcgen", "VQLDMPipeline", "fashion-mnist", "class_accuracy", "guidance_scale",
+    meta = ModelCard.load(tmp_path / "uploaded" / "README.md").data
+    assert meta.library_name == "lcgen" and meta.pipeline_tag == "unconditional-image-generation"
+    assert {"lcgen", "diffusers", "ldm"} <= set(meta.tags) and meta.datasets == ["zalando-datasets/fashion_mnist"]
+    for needle in ("DiffusionPipeline.from_pretrained", "VQLDMPipeline", "fashion-mnist", "class_accuracy", "guidance_scale",
                    "example_grid.png", "`unet` | `UNet2DModel`", "codebook size 32"):
         assert needle in card, needle
     assert PIL.Image.open(tmp_path / "uploaded" / "example_grid.png").size[0] > 28

@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lcgen.tokenizer.train import SCHEMAS, parse_config, train
 from lcgen.training.checkpointing import list_checkpoints, resolve_checkpoint
-from lcgen.tokenizer.train import parse_config, train
+from lcgen.training.config import resolved_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = os.path.join(ROOT, "configs", "fashion-mnist-looc-cpu.yaml")
@@ -38,6 +39,23 @@ def test_resume_mid_epoch_ends_with_identical_weights(tmp_path):
         assert torch.equal(a[k], b[k]), k
     summary = json.loads((tmp_path / "b" / "train_summary.json").read_text())
     assert summary["steps"] == 10
+
+
+def test_run_writes_its_resolved_config_and_takes_accelerates_precision(tmp_path, monkeypatch):
+    """training.mixed_precision unset -> what `accelerate launch --mixed_precision` set (its env variable);
+    config.yaml records every key, the precision in effect included, and reruns the same run."""
+    import yaml
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    out = tmp_path / "run"
+    train(parse_config(TINY + ["--output_dir", str(out), "--max_train_steps", "1", "--checkpointing_steps", "1"]))
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["training"]["mixed_precision"] == "bf16" and resolved["training"]["max_train_steps"] == 1
+    assert resolved["model"]["codebook_size"] == 256 and "quantizer_options" in resolved["model"]
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    again = parse_config(["--config", str(out / "config.yaml"), "--output_dir", str(tmp_path / "again")])
+    assert again["training"].mixed_precision == "bf16"
+    assert resolved_config(again, SCHEMAS)["model"] == resolved["model"]
 
 
 def test_interrupted_save_is_not_a_checkpoint(tmp_path):

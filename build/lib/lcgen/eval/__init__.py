@@ -1,0 +1,1 @@
+"""Evaluation: metrics (tensor in, number out), datasets and sampling at scale."""

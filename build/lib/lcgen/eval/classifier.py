@@ -1,0 +1,99 @@
+"""A small Fashion-MNIST classifier trained on the real training set: it judges whether
+`pipe(class_id=k)` draws class k (class accuracy of samples), and its penultimate features give an
+offline feature space for Fréchet distances on Fashion-MNIST.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch.utils.data import DataLoader
+
+from lcgen.data import build_dataset, collate_skipping_bad
+
+
+class ImageClassifier(ModelMixin, ConfigMixin):
+    """Three conv blocks -> global average pool -> `feature_dim` features -> linear over classes.
+    Input: float (B, in_channels, H, W) in [-1, 1]."""
+
+    @register_to_config
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, feature_dim: int = 128):
+        super().__init__()
+
+        def block(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+        self.body = nn.Sequential(block(in_channels, width), nn.MaxPool2d(2), block(width, 2 * width), nn.MaxPool2d(2),
+                                  block(2 * width, feature_dim), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+@torch.no_grad()
+def predict(classifier: ImageClassifier, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Predicted class ids for float images in [-1, 1]."""
+    classifier.eval()
+    return torch.cat([classifier(images[i:i + batch_size].to(classifier.device)).argmax(-1).cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+def train_classifier(output_dir: str, dataset: str = "fashion-mnist", epochs: int = 1, batch_size: int = 128,
+                     lr: float = 2e-3, max_samples: int | None = None, seed: int = 0) -> dict:
+    """Train on the training split, measure accuracy on the test split, save to output_dir
+    (safetensors + config.json + metrics.json). Returns the metrics."""
+    if epochs <= 0 or batch_size <= 0:
+        raise ValueError(f"epochs and batch_size must be > 0, got {epochs} and {batch_size}")
+    torch.manual_seed(seed)
+    train_set = build_dataset(dataset, "train", channels=1, max_samples=max_samples, seed=seed)
+    test_set = build_dataset(dataset, "test", channels=1)
+    names = getattr(train_set, "class_names", None) or []
+    model = ImageClassifier(in_channels=1, num_classes=len(names) or 10)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, collate_fn=collate_skipping_bad,
+                        generator=torch.Generator().manual_seed(seed))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader))
+    start = time.time()
+    model.train()
+    for _ in range(epochs):
+        for batch in loader:
+            loss = F.cross_entropy(model(batch["pixel_values"]), batch["labels"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    test = next(iter(DataLoader(test_set, batch_size=len(test_set), collate_fn=collate_skipping_bad)))
+    accuracy = float((predict(model, test["pixel_values"]) == test["labels"]).float().mean())
+    metrics = {"test_accuracy": accuracy, "test_images": len(test_set), "train_images": len(train_set),
+               "epochs": epochs, "seconds": round(time.time() - start, 1), "class_names": names}
+    model.save_pretrained(output_dir)
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    return metrics
+
+
+@torch.no_grad()
+def sample_class_accuracy(pipe, classifier: ImageClassifier, num_images_per_class: int = 10, seed: int = 0,
+                          **sample_kwargs) -> dict:
+    """Sample `num_images_per_class` images of every class through `pipe` and report how often the
+    classifier agrees with the requested class (overall and per class), plus the images (pt, [0, 1])."""
+    classes = list(range(pipe.num_classes))
+    if not classes:
+        raise ValueError("class accuracy needs a class-conditional pipeline")
+    images = pipe(class_id=classes, num_images_per_class=num_images_per_class,
+                  generator=torch.Generator().manual_seed(seed), output_type="pt", **sample_kwargs).images
+    wanted = torch.tensor(classes).repeat_interleave(num_images_per_class)
+    hit = (predict(classifier, images * 2 - 1) == wanted).float()
+    per_class = hit.view(len(classes), num_images_per_class).mean(1)
+    return {"accuracy": float(hit.mean()), "per_class": [round(float(a), 3) for a in per_class],
+            "images_per_class": num_images_per_class, "images": images}

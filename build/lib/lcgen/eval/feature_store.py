@@ -1,0 +1,176 @@
+"""Features of an image set on disk, in shards, with streaming statistics — the unit of resumption
+and caching for every FID-style evaluation.
+
+A store is a folder: `meta.json` (what the features are of: the source, the feature extractor with
+its weights digest, the layers, the shard size), `shard-NNNNN.npz` (float32 features of images
+[s * shard_size, (s + 1) * shard_size), one array per layer, written atomically) and, once complete,
+`stats-<layer>.npz` (mu, sigma in float64, n, and the same meta). A rerun computes only the missing
+shards; a store whose meta differs from the requested one is stale and is emptied with a warning,
+never reused. Ranks of a multi-process run take shards s = rank, rank + W, ...
+
+Memory is flat in the number of images: FID statistics are accumulated shard by shard in float64
+(sum and sum of outer products, shifted by the first shard's mean against cancellation); only
+IS/KID/PR, which are defined on the whole feature matrix, load it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+SHARD = "shard-{:05d}.npz"
+
+
+class StreamingStats:
+    """mean and unbiased covariance (np.cov convention) of rows, accumulated in float64."""
+
+    def __init__(self):
+        self.n, self.shift, self.s1, self.s2 = 0, None, None, None
+
+    def update(self, rows: np.ndarray) -> None:
+        x = np.asarray(rows, dtype=np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"features must be (N, D), got {x.shape}")
+        if self.shift is None:
+            self.shift = x.mean(0)
+            self.s1, self.s2 = np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1]))
+        x = x - self.shift
+        self.n += len(x)
+        self.s1 += x.sum(0)
+        self.s2 += x.T @ x
+
+    def mu_sigma(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.n < 2:
+            raise ValueError(f"a covariance needs at least 2 images, got {self.n}")
+        m = self.s1 / self.n
+        sigma = (self.s2 - self.n * np.outer(m, m)) / (self.n - 1)
+        return m + self.shift, (sigma + sigma.T) / 2
+
+
+def rank_deficiency_warning(n: int, dim: int) -> str | None:
+    if n <= dim:
+        return (f"{n} images for {dim}-dimensional features: the covariance is rank-deficient (needs more than "
+                f"{dim}), so FID is biased upward and not comparable to published values (those use 50,000)")
+    return None
+
+
+class FeatureStore:
+    def __init__(self, folder: str, meta: dict, num_items: int, shard_size: int = 1000):
+        if num_items <= 0:
+            raise ValueError(f"nothing to extract features from ({num_items} images)")
+        if shard_size <= 0:
+            raise ValueError(f"shard_size must be > 0, got {shard_size}")
+        self.folder = folder
+        self.meta = json.loads(json.dumps({**meta, "num_items": num_items, "shard_size": shard_size}))
+        self.num_items, self.shard_size = num_items, shard_size
+        self.num_shards = -(-num_items // shard_size)
+
+    # -- layout -------------------------------------------------------------------------------
+    def prepare(self) -> bool:
+        """Create the folder or check it; returns False (after emptying it) when it was stale.
+        Call on one process only, before the others touch the store."""
+        path = os.path.join(self.folder, "meta.json")
+        fresh = True
+        if os.path.isfile(path):
+            with open(path) as f:
+                old = json.load(f)
+            if old == self.meta:
+                return True
+            changed = sorted(k for k in set(old) | set(self.meta) if old.get(k) != self.meta.get(k))
+            warnings.warn(f"stale features in {self.folder} (changed: {', '.join(changed)}): recomputing them")
+            shutil.rmtree(self.folder)
+            fresh = False
+        os.makedirs(self.folder, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(self.meta, f, indent=1, sort_keys=True)
+        os.replace(path + ".tmp", path)
+        return fresh
+
+    def shard_path(self, s: int) -> str:
+        return os.path.join(self.folder, SHARD.format(s))
+
+    def shard_range(self, s: int) -> range:
+        return range(s * self.shard_size, min((s + 1) * self.shard_size, self.num_items))
+
+    def missing_shards(self, rank: int = 0, world: int = 1) -> list[int]:
+        return [s for s in range(rank, self.num_shards, world) if not os.path.isfile(self.shard_path(s))]
+
+    def stats_path(self, layer: str) -> str:
+        return os.path.join(self.folder, f"stats-{layer}.npz")
+
+    def has_statistics(self, layer: str) -> bool:
+        """A statistics file of this very meta is on disk (no shard needed to answer)."""
+        path = self.stats_path(layer)
+        if not os.path.isfile(path):
+            return False
+        with np.load(path) as z:
+            return str(z["meta"]) == json.dumps(self.meta, sort_keys=True)
+
+    # -- extraction ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def extract(self, dataset, extractor, layers: list[str], batch_size: int, rank: int = 0, world: int = 1,
+                batch_fn=None, num_workers: int = 0, device="cpu", progress: bool = True) -> int:
+        """Compute this rank's missing shards; batch_fn maps a uint8 batch on `device` to the uint8
+        images whose features are wanted (e.g. a tokenizer's reconstructions). Returns shards made."""
+        todo = self.missing_shards(rank, world)
+        for s in tqdm(todo, desc=f"features of {self.folder}", disable=not progress or not todo):
+            loader = DataLoader(Subset(dataset, list(self.shard_range(s))), batch_size=batch_size,
+                                num_workers=num_workers)
+            parts = {layer: [] for layer in layers}
+            for batch in loader:
+                batch = batch.to(device)
+                if batch_fn is not None:
+                    batch = batch_fn(batch)
+                for layer, feats in zip(layers, extractor(batch)):
+                    parts[layer].append(feats.float().cpu().numpy())
+            tmp = self.shard_path(s) + ".tmp.npz"
+            np.savez(tmp, **{layer: np.concatenate(p) for layer, p in parts.items()})
+            os.replace(tmp, self.shard_path(s))
+        return len(todo)
+
+    # -- reading ------------------------------------------------------------------------------
+    def _shards(self, layer: str):
+        for s in range(self.num_shards):
+            path = self.shard_path(s)
+            if not os.path.isfile(path):
+                raise ValueError(f"{path} is missing: the features of {self.folder} are incomplete")
+            with np.load(path) as z:
+                if layer not in z.files:
+                    raise ValueError(f"{path} has no {layer!r} features (it has {z.files})")
+                rows = z[layer]
+            if len(rows) != len(self.shard_range(s)):
+                raise ValueError(f"{path} holds {len(rows)} rows, expected {len(self.shard_range(s))}")
+            yield rows
+
+    def statistics(self, layer: str) -> tuple[np.ndarray, np.ndarray, int]:
+        """(mu, sigma, n) in float64, cached in stats-<layer>.npz; computed shard by shard."""
+        path = self.stats_path(layer)
+        if self.has_statistics(layer):
+            with np.load(path) as z:
+                return z["mu"].astype(np.float64), z["sigma"].astype(np.float64), int(z["n"])
+        if os.path.isfile(path):
+            warnings.warn(f"{path} was made from other features: recomputing it")
+        acc = StreamingStats()
+        for rows in self._shards(layer):
+            acc.update(rows)
+        mu, sigma = acc.mu_sigma()
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, mu=mu, sigma=sigma, n=acc.n, meta=json.dumps(self.meta, sort_keys=True))
+        os.replace(tmp, path)
+        return mu, sigma, acc.n
+
+    def features(self, layer: str) -> torch.Tensor:
+        """The whole (N, D) float32 matrix (for IS/KID/PR)."""
+        return torch.from_numpy(np.concatenate(list(self._shards(layer))))
+
+    def drop_shards(self) -> None:
+        """Free the disk once the statistics are written (a later KID/PR recomputes them)."""
+        for s in range(self.num_shards):
+            if os.path.isfile(self.shard_path(s)):
+                os.remove(self.shard_path(s))

@@ -1,0 +1,100 @@
+"""Generation FID/IS/KID/PR of a pipeline (sampled at scale by eval.sampling) or of existing samples (a
+folder or an ADM `.npz`) against a reference (eval.reference). Everything is checked before sampling:
+the metrics, the feature-extractor weights, the reference, the sample source and the sample count.
+
+Resumption: samples already on disk are not redrawn, feature shards already written are not
+recomputed, and the reference's statistics come from the cache.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import torch
+
+from .extractors import LAYERS, build_extractor
+from .feature_store import rank_deficiency_warning
+from .image_inputs import FolderImages, NpzImages, TensorImages
+from .measure import MeasureSettings, check_reference, distributed_state, feature_dim, measure
+from .reference import resolve_reference
+from .sampling import generate
+
+
+def _sampling_settings(pipeline_dir: str, overrides: dict) -> dict:
+    """The pipeline's saved sampling defaults with this run's overrides: what the samples used."""
+    path = os.path.join(pipeline_dir, "model_index.json")
+    saved = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            index = json.load(f)
+        saved = {k: v for k, v in index.items() if not k.startswith("_") and k not in ("id2label", "info")
+                 and not (isinstance(v, list) and len(v) == 2)}  # components are [library, class] pairs
+    return {**saved, **overrides}
+
+
+def _open_samples(samples, value_range):
+    if isinstance(samples, torch.Tensor):
+        return TensorImages(samples, value_range)
+    if samples.endswith(".npz"):
+        return NpzImages(samples)
+    if os.path.isdir(samples):
+        return FolderImages(samples)
+    raise ValueError(f"samples {samples!r} is neither an image folder nor an .npz file")
+
+
+def evaluate_fid(output: str, reference: str, pipeline: str | None = None, samples: str | None = None,
+                 num_samples: int | None = None, settings: MeasureSettings | None = None, seed: int = 0,
+                 class_balanced: bool = False, sampling_batch_size: int | None = None, npz: bool = False,
+                 data_dir: str | None = None, preprocessing: str = "adm", reference_resolution: int | None = None,
+                 reference_max_samples: int | None = None, value_range: tuple | None = None,
+                 **sample_kwargs) -> dict | None:
+    """Sample (if `pipeline`), extract features, compare with `reference`; writes <output>/report.json.
+
+    Args:
+        output: the evaluation folder (samples/, features/, report.json); rerun to resume.
+        reference: a split (imagenet-256-val ...), a statistics .npz (ADM) or an image folder / .npz.
+        pipeline / samples: what to evaluate — a saved lcgen pipeline, or a folder / .npz of samples, or
+            a (N, C, H, W) tensor: uint8, or floats with their value_range (-1, 1) or (0, 1).
+        num_samples: images to draw from the pipeline (50,000 for published numbers).
+        settings: metrics, feature extractor, batch sizes, cache (eval.measure.MeasureSettings).
+        seed, class_balanced, sampling_batch_size, npz, **sample_kwargs: as eval.sampling.generate.
+        data_dir, preprocessing, reference_resolution, reference_max_samples: for split references.
+    """
+    settings = (settings or MeasureSettings()).check()
+    if (pipeline is None) == (samples is None):
+        raise ValueError("give exactly one of pipeline (to sample) or samples (a folder or .npz)")
+    if pipeline is not None:
+        if not num_samples or num_samples <= 0:
+            raise ValueError(f"num_samples must be > 0 to sample a pipeline, got {num_samples}")
+        if not os.path.isfile(os.path.join(pipeline, "model_index.json")):
+            raise ValueError(f"{pipeline!r} is not a saved lcgen pipeline (no model_index.json)")
+    elif sample_kwargs or num_samples:
+        raise ValueError("num_samples and sampling options apply to a pipeline, not to existing samples")
+    ref = resolve_reference(reference, data_dir, preprocessing, reference_resolution, reference_max_samples)
+    check_reference(ref, settings)
+    source = None if pipeline is not None else _open_samples(samples, value_range)
+    state = distributed_state()
+
+    dim = feature_dim(build_extractor(settings.extractor, [LAYERS[settings.extractor.name]["pool"]]), "cpu")
+    if ref.has_statistics and len(ref.mu) != dim:
+        raise ValueError(f"{reference!r} holds {len(ref.mu)}-dimensional statistics but {settings.extractor.name} "
+                         f"gives {dim}-dimensional features: they cannot be compared")
+    n = num_samples if pipeline else len(source)
+    if (note := rank_deficiency_warning(n, dim)) and state.is_main_process:  # warn before the long part
+        warnings.warn(f"samples: {note}")
+    protocol = {"evaluation": "generation"}
+    if pipeline:
+        sample_dir = os.path.join(output, "samples")
+        result = generate(pipeline, sample_dir, num_samples, sampling_batch_size or settings.batch_size, seed,
+                          class_balanced, npz, **sample_kwargs)
+        source = FolderImages(sample_dir, names=[f"{i:06d}.png" for i in range(num_samples)])
+        protocol.update({"pipeline": os.path.abspath(pipeline), "num_samples": num_samples, "seed": seed,
+                         "labels": "class-balanced (i mod C)" if class_balanced else "uniform random per image",
+                         "sampling": _sampling_settings(pipeline, sample_kwargs),
+                         "uint8": "clamp(127.5 x + 128) of x in [-1, 1], PNG", "npz": result.get("npz")})
+    else:
+        protocol.update({"samples": os.path.abspath(samples) if isinstance(samples, str) else "tensor"})
+    meta = dict(source.description)
+    meta.update(source.fingerprint())
+    return measure(source, meta, ref, output, settings, protocol, state=state)

@@ -1,0 +1,194 @@
+"""The shared core of generation FID and rFID: features of an image set and of a reference, each in a
+resumable `FeatureStore` (the reference's in a cache keyed by what it depends on), then FID / IS /
+KID / precision-recall through torch-fidelity's metric functions, and a JSON report.
+
+FID is computed by `eval.fid.frechet_distance` (float64) on streamed statistics and cross-checked
+against torch-fidelity's `fid_statistics_to_metric` on the same statistics; both land in the report.
+Multi-process: every rank extracts its shards, the main process computes and writes the metrics.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+
+from .extractors import INCEPTION, LAYERS, ExtractorSpec, build_extractor
+from .feature_store import FeatureStore, rank_deficiency_warning
+from .fid import frechet_distance
+from .reference import default_cache_root
+
+METRICS = ("fid", "isc", "kid", "prc")
+
+
+@dataclass
+class MeasureSettings:
+    metrics: tuple[str, ...] = ("fid",)
+    extractor: ExtractorSpec = field(default_factory=ExtractorSpec)
+    batch_size: int = 64
+    shard_size: int = 1000
+    num_workers: int = 0
+    cache_root: str | None = None
+    keep_reference_features: bool = False
+    kid_subset_size: int = 1000
+
+    def check(self) -> "MeasureSettings":
+        metrics = tuple(dict.fromkeys(self.metrics))
+        bad = [m for m in metrics if m not in METRICS]
+        if not metrics or bad:
+            raise ValueError(f"metrics must be a non-empty subset of {METRICS}, got {list(self.metrics)}")
+        if self.batch_size <= 0 or self.shard_size <= 0 or self.kid_subset_size <= 1:
+            raise ValueError("batch_size and shard_size must be > 0 and kid_subset_size > 1")
+        self.metrics = metrics
+        self.extractor = self.extractor.resolve()  # weights present (or a clear error) before any work
+        return self
+
+
+def distributed_state():
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
+
+
+def feature_dim(extractor, device) -> int:
+    """The pool-feature width, from one dummy image (checks the extractor runs, too)."""
+    with torch.no_grad():
+        return int(extractor(torch.zeros(1, 3, 32, 32, dtype=torch.uint8, device=device))[0].shape[1])
+
+
+def reference_store(reference, settings: MeasureSettings, layers) -> FeatureStore:
+    """The cache entry of a reference image set: its folder name is a digest of what the features
+    depend on; the source fingerprint is in the meta, so a changed source is stale, not reused."""
+    key = {"reference": {k: v for k, v in reference.images.description.items() if k != "images"},
+           "extractor": settings.extractor.fingerprint(), "layers": list(layers)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", reference.spec.rstrip("/").split("/")[-1])[:40].strip("-")
+    root = settings.cache_root or default_cache_root()
+    meta = {**key, "source": reference.images.fingerprint() if hasattr(reference.images, "fingerprint") else {}}
+    return FeatureStore(os.path.join(root, f"{slug}-{settings.extractor.name}-{digest}"), meta,
+                        len(reference.images), settings.shard_size)
+
+
+def extract_all(stores_and_sources, settings: MeasureSettings, layers, state, device):
+    """Prepare the stores on the main process, then every rank fills its missing shards."""
+    if state.is_main_process:
+        for store, _, _ in stores_and_sources:
+            store.prepare()
+    state.wait_for_everyone()
+    if any(store.missing_shards() for store, _, _ in stores_and_sources):
+        extractor = build_extractor(settings.extractor, layers, device)
+        tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 features
+        try:
+            for store, source, batch_fn in stores_and_sources:
+                store.extract(source, extractor, layers, settings.batch_size, state.process_index,
+                              state.num_processes, batch_fn, settings.num_workers, device,
+                              progress=state.is_local_main_process)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    state.wait_for_everyone()
+
+
+def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | None,
+                    settings: MeasureSettings) -> tuple[dict, list[str]]:
+    """The requested metrics of samples (input1, generated) against the reference (input2, real)."""
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    pool, logits = LAYERS[settings.extractor.name]["pool"], LAYERS[settings.extractor.name]["logits"]
+    out, notes = {}, []
+    if "fid" in settings.metrics:
+        mu1, sigma1, n1 = samples.statistics(pool)
+        if reference.has_statistics:
+            mu2, sigma2, n2 = reference.mu, reference.sigma, None
+        else:
+            mu2, sigma2, n2 = ref_store.statistics(pool)
+        for n, who in ((n1, "samples"), (n2, "reference")):
+            if n is not None and (w := rank_deficiency_warning(n, len(mu1))):
+                notes.append(f"{who}: {w}")
+        out["fid"] = frechet_distance(mu1, sigma1, mu2, sigma2)
+        out["fid_torch_fidelity"] = fid_statistics_to_metric({"mu": mu1, "sigma": sigma1},
+                                                             {"mu": mu2, "sigma": sigma2}, False)[
+            "frechet_inception_distance"]
+    if "isc" in settings.metrics:
+        isc = isc_features_to_metric(samples.features(logits), splits=10, shuffle=True, rng_seed=2020)
+        out["inception_score_mean"] = isc["inception_score_mean"]
+        out["inception_score_std"] = isc["inception_score_std"]
+    if {"kid", "prc"} & set(settings.metrics):
+        f1, f2 = samples.features(pool), ref_store.features(pool)
+        if "kid" in settings.metrics:
+            size = min(settings.kid_subset_size, len(f1), len(f2))
+            if size < settings.kid_subset_size:
+                notes.append(f"KID subset size lowered to {size} (fewer images than {settings.kid_subset_size})")
+            kid = kid_features_to_metric(f1, f2, kid_subset_size=size, verbose=False)
+            out.update({k: kid[k] for k in ("kernel_inception_distance_mean", "kernel_inception_distance_std")})
+        if "prc" in settings.metrics:
+            out.update(prc_features_to_metric(f1, f2, save_cpu_ram=True, verbose=False))
+    return out, notes
+
+
+def check_reference(reference, settings: MeasureSettings) -> bool:
+    """Whether the reference's images are needed; an error if they are and there are none."""
+    needs_images = bool({"kid", "prc"} & set(settings.metrics)) or not reference.has_statistics
+    if needs_images and reference.images is None:
+        raise ValueError(f"KID and precision/recall need reference images; {reference.spec!r} holds only statistics")
+    return needs_images
+
+
+def measure(source, source_meta: dict, reference, output: str, settings: MeasureSettings, protocol: dict,
+            batch_fn=None, state=None, device=None) -> dict | None:
+    """Features of `source` (uint8 images; batch_fn maps its batches first) in <output>/features, the
+    reference's in the cache, metrics in <output>/report.json. Returns the report on the main process."""
+    start = time.time()
+    state = state or distributed_state()
+    device = device or state.device
+    needs_ref_images = check_reference(reference, settings)
+    layers = [LAYERS[settings.extractor.name]["pool"], LAYERS[settings.extractor.name]["logits"]]
+    samples = FeatureStore(os.path.join(output, "features"),
+                           {"images": source_meta, "extractor": settings.extractor.fingerprint(), "layers": layers},
+                           len(source), settings.shard_size)
+    jobs = [(samples, source, batch_fn)]
+    ref_store = reference_store(reference, settings, layers) if needs_ref_images else None
+    if ref_store is not None:
+        stats_ready = not {"kid", "prc"} & set(settings.metrics) and ref_store.has_statistics(layers[0])
+        if not stats_ready:
+            jobs.append((ref_store, reference.images, None))
+    extract_all(jobs, settings, layers, state, device)
+    if not state.is_main_process:
+        return None
+    metrics, notes = compute_metrics(samples, reference, ref_store, settings)
+    if ref_store is not None and not settings.keep_reference_features:
+        ref_store.drop_shards()  # the statistics stay cached; KID/PR would recompute the features
+    for note in notes:
+        warnings.warn(note)
+    import torch_fidelity
+
+    report = {"metrics": metrics, "warnings": notes,
+              "protocol": {**protocol, "reference": {"spec": reference.spec, **reference.description},
+                           "feature_extractor": {**settings.extractor.fingerprint(), "layers": layers,
+                                                 "weights_path": settings.extractor.weights_path},
+                           "inception_resize": ("TF1-compatible bilinear to 299x299 inside torch-fidelity's "
+                                                "Inception, no antialiasing" if settings.extractor.name == INCEPTION
+                                                else "grayscale, bilinear (antialiased) to 28x28"),
+                           "num_images": len(source), "num_processes": state.num_processes,
+                           "tf32": "disabled during feature extraction", "fid": "lcgen float64 eigh "
+                           "(fid_torch_fidelity: torch-fidelity's eigvals on the same statistics)",
+                           "kid_subsets": 100 if "kid" in settings.metrics else None},
+              "reference_cache": ref_store.folder if ref_store else None,
+              "versions": {"torch": torch.__version__, "torch_fidelity": torch_fidelity.__version__,
+                           "numpy": np.__version__},
+              "seconds": round(time.time() - start, 1)}
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, "report.json.tmp"), "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    os.replace(os.path.join(output, "report.json.tmp"), os.path.join(output, "report.json"))
+    return report
+

@@ -1,0 +1,94 @@
+"""What the three latent pipelines (LDM, DiT, SiT) share: the latent shape, normalisation settings
+and a guided model call over all channels with an explicit null class."""
+from __future__ import annotations
+
+import torch
+
+from .base import LCGenPipeline
+
+
+class LatentPipeline(LCGenPipeline):
+    """Base of VQLDMPipeline, VQDiTPipeline and VQSiTPipeline. The prior is `self.denoiser`."""
+
+    denoiser_name = ""
+
+    @property
+    def denoiser(self):
+        return getattr(self, self.denoiser_name)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        c = self.denoiser.config
+        return (c.in_channels, c.sample_size, c.sample_size)
+
+    def _check_tokenizer(self, vqvae, denoiser):
+        if denoiser.config.in_channels != vqvae.config.embed_dim:
+            raise ValueError(f"the prior models {denoiser.config.in_channels}-channel latents but the tokenizer's "
+                             f"embed_dim is {vqvae.config.embed_dim}")
+
+    def _model_output(self, x: torch.Tensor, t, labels: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """The prior's output at (x, t); with guidance the batch is doubled with the null class and
+        uncond + s * (cond - uncond) is taken over every channel (DiT/SiT's originals guide only 3)."""
+        if guidance_scale == 1.0:
+            return self._call_denoiser(x, t, labels)
+        null = torch.full_like(labels, self.num_classes)
+        out = self._call_denoiser(torch.cat([x, x]), t, torch.cat([labels, null]))
+        cond, uncond = out.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    def _call_denoiser(self, x, t, labels):
+        return self.denoiser(x, t, class_labels=labels)
+
+    @property
+    def num_classes(self) -> int:
+        c = self.denoiser.config
+        return c.num_classes if "num_classes" in c else c.num_class_embeds - 1
+
+
+class NoisePredictionPipeline(LatentPipeline):
+    """ε-prediction sampling with a diffusers scheduler (DDIM by default; any scheduler whose
+    config comes from the training DDPMScheduler works: `DPMSolverMultistepScheduler.from_config`).
+    Subclasses register `vqvae`, the denoiser and `scheduler`."""
+
+    def _init_settings(self, id2label, guidance_scale, num_inference_steps, latent_shift, latent_scale, info):
+        self._register_settings(id2label, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
+                                latent_shift=latent_shift, latent_scale=latent_scale, info=info or {})
+
+    def default_sampling(self) -> dict:
+        return {"guidance_scale": self.config.guidance_scale, "num_inference_steps": self.config.num_inference_steps,
+                "scheduler": type(self.scheduler).__name__}
+
+    @torch.no_grad()
+    def __call__(self, class_id=None, num_images_per_class: int = 1, guidance_scale: float | None = None,
+                 num_inference_steps: int | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "pil",
+                 return_dict: bool = True):
+        """Generate images of the given classes.
+
+        Args:
+            class_id (`int`, `str` or a list of them): class ids in [0, num_classes) or names from
+                `id2label`; must be None for an unconditional pipeline.
+            num_images_per_class (`int`, default 1): images per listed class.
+            guidance_scale (`float`, default: the pipeline's): classifier-free guidance over all
+                latent channels; 1.0 turns it off.
+            num_inference_steps (`int`, default: the pipeline's): scheduler steps.
+            generator (`torch.Generator` or a list, one per image): for reproducible samples.
+            output_type (`str`, default "pil"): "pil", "np" (B, H, W, C) in [0, 1] or "pt" (B, C, H, W).
+            return_dict (`bool`, default True): an `ImagePipelineOutput`, else a tuple.
+        """
+        from diffusers.utils.torch_utils import randn_tensor
+
+        labels = self._class_ids(class_id, num_images_per_class)
+        self._check_common(len(labels), guidance_scale, generator, output_type, num_inference_steps)
+        scale = self._guidance(guidance_scale)
+        steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
+        device = self._execution_device
+        labels = torch.tensor(labels, device=device)
+        x = randn_tensor((len(labels), *self.latent_shape), generator=generator, device=device,
+                         dtype=self.denoiser.dtype)
+        self.scheduler.set_timesteps(steps, device=device)
+        x = x * self.scheduler.init_noise_sigma
+        for t in self.progress_bar(self.scheduler.timesteps):
+            eps = self._model_output(self.scheduler.scale_model_input(x, t), t, labels, scale)
+            x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
+        return self._output(self._decode_latents(x), output_type, return_dict)

@@ -1,0 +1,74 @@
+"""Where code vectors come from. Every codebook exposes `weight()` -> (G, K, d): G codebooks
+(1 when shared by all chunks, m for product quantisation) of K entries of size d."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+
+
+class LearnedCodebook(nn.Module):
+    """Trainable codebook, uniform(-1/K, 1/K) as in taming, CVQ-VAE and LooC."""
+
+    def __init__(self, num_codebooks: int, codebook_size: int, code_dim: int):
+        super().__init__()
+        w = torch.empty(num_codebooks, codebook_size, code_dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
+        self.embed = nn.Parameter(w)
+
+    def weight(self) -> torch.Tensor:
+        return self.embed
+
+    @torch.no_grad()
+    def assign(self, new: torch.Tensor) -> None:
+        """Overwrite the code vectors (online clustering); invisible to autograd like the official `.data =`."""
+        self.embed.data.copy_(new)
+
+
+def load_init_codebook(init_codebook, codebook_size: int) -> torch.Tensor:
+    """A (K, D) float tensor from a tensor or a safetensors file, checked before any use."""
+    if isinstance(init_codebook, (str, os.PathLike)):
+        path = os.fspath(init_codebook)
+        if not os.path.isfile(path):
+            raise ValueError(f"init_codebook file not found: {path!r}")
+        if not path.endswith(".safetensors"):
+            raise ValueError(f"init_codebook must be a .safetensors file (never a pickle), got {path!r}")
+        with safe_open(path, framework="pt") as f:
+            keys = list(f.keys())
+            key = "codebook" if "codebook" in keys else (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise ValueError(f"{path!r} holds tensors {keys}; expected one named 'codebook'")
+            init_codebook = f.get_tensor(key)
+    if not isinstance(init_codebook, torch.Tensor):
+        raise TypeError(f"init_codebook must be a tensor or a .safetensors path, got {type(init_codebook).__name__}")
+    if init_codebook.ndim != 2 or init_codebook.shape[0] != codebook_size:
+        raise ValueError(f"init_codebook must have shape (codebook_size={codebook_size}, D), got {tuple(init_codebook.shape)}")
+    if not init_codebook.is_floating_point():
+        raise TypeError(f"init_codebook must be floating point, got {init_codebook.dtype}")
+    if not torch.isfinite(init_codebook).all():
+        raise ValueError("init_codebook contains NaN or inf")
+    return init_codebook.detach().float().clone()
+
+
+class FrozenProjectedCodebook(nn.Module):
+    """VQGAN-LC: a frozen (K, D_init) codebook (e.g. k-means of CLIP features) mapped into the
+    latent space by one trainable projector, recomputed every forward so that training the
+    projector moves every code at once (the reason utilisation stays above 99%)."""
+
+    def __init__(self, codebook_size: int, code_dim: int, init_codebook=None, frozen_dim: int = 768):
+        super().__init__()
+        if init_codebook is None:
+            warnings.warn("lc quantizer built without init_codebook: using a frozen random Gaussian codebook "
+                          "(VQGAN-LC Table 6: random frozen init gives far worse rFID than k-means features)")
+            frozen = torch.randn(codebook_size, frozen_dim)
+        else:
+            frozen = load_init_codebook(init_codebook, codebook_size)
+        self.register_buffer("frozen", frozen)
+        self.projector = nn.Linear(frozen.shape[1], code_dim)
+        nn.init.normal_(self.projector.weight, std=code_dim ** -0.5)  # VQGAN-LC; bias keeps torch default
+
+    def weight(self) -> torch.Tensor:
+        with torch.autocast(device_type=self.frozen.device.type, enabled=False):
+            return self.projector(self.frozen).unsqueeze(0)  # (1, K, d)
