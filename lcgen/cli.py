@@ -120,6 +120,13 @@ def cmd_init_codebook(args):
           f"({meta['skipped_images']} skipped)")
 
 
+def _forwarding(sub, name: str, func, help: str) -> None:
+    """A subcommand whose arguments (and -h) go to its module's own parser."""
+    f = sub.add_parser(name, help=help, add_help=False)
+    f.add_argument("rest", nargs=argparse.REMAINDER)
+    f.set_defaults(func=func, takes_extra=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lcgen", description="Large-codebook image tokenizers and generators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -150,11 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--num-workers", type=int, default=0)
     x.set_defaults(func=cmd_extract)
 
-    tp = sub.add_parser("train-prior", help="train a GPT/LDM/DiT/SiT prior in this process (same code as "
-                        "`accelerate launch -m lcgen.priors.train`): --config PRESET_OR_FILE, then --key value "
-                        "overrides (`lcgen train-prior -h` lists every key)", add_help=False)
-    tp.add_argument("rest", nargs=argparse.REMAINDER)
-    tp.set_defaults(func=cmd_train_prior, takes_extra=True)
+    _forwarding(sub, "train-prior", cmd_train_prior, "train a GPT/LDM/DiT/SiT prior in this process (same code as "
+                "`accelerate launch -m lcgen.priors.train`): --config PRESET_OR_FILE, then --key value overrides "
+                "(`lcgen train-prior -h` lists every key)")
 
     s = sub.add_parser("sample", help="sample a saved pipeline: PNGs and a grid")
     s.add_argument("pipeline", help="a saved pipeline folder or Hub repo id")
@@ -178,11 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--max-samples", type=int, default=None)
     k.set_defaults(func=cmd_train_classifier)
 
-    t = sub.add_parser("train-tokenizer", help="train a tokenizer in this process (same code as "
-                       "`accelerate launch -m lcgen.tokenizer.train`): --config PRESET_OR_FILE, then --key value "
-                       "overrides (`lcgen train-tokenizer -h` lists every key)", add_help=False)
-    t.add_argument("rest", nargs=argparse.REMAINDER)
-    t.set_defaults(func=cmd_train_tokenizer, takes_extra=True)
+    _forwarding(sub, "train-tokenizer", cmd_train_tokenizer, "train a tokenizer in this process (same code as "
+                "`accelerate launch -m lcgen.tokenizer.train`): --config PRESET_OR_FILE, then --key value overrides "
+                "(`lcgen train-tokenizer -h` lists every key)")
 
     e = sub.add_parser("evaluate-tokenizer", help="l1, PSNR, SSIM, LPIPS, utilisation and perplexity over a split")
     e.add_argument("model", help="a saved VQTokenizer folder (<run>/model)")
@@ -198,11 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None, help=DEVICE_HELP)
     e.set_defaults(func=cmd_evaluate_tokenizer)
 
-    v = sub.add_parser("evaluate", help="FID / IS / KID / precision-recall of a pipeline or samples, or rFID of a "
-                       "tokenizer, via torch-fidelity (`lcgen evaluate fid -h`, `lcgen evaluate rfid -h`); the same "
-                       "as `accelerate launch -m lcgen.eval.evaluate ...` in one process", add_help=False)
-    v.add_argument("rest", nargs=argparse.REMAINDER)
-    v.set_defaults(func=cmd_evaluate, takes_extra=True)
+    _forwarding(sub, "evaluate", cmd_evaluate, "FID / IS / KID / precision-recall of a pipeline or samples, or rFID "
+                "of a tokenizer, via torch-fidelity (`lcgen evaluate fid -h`, `lcgen evaluate rfid -h`); the same as "
+                "`accelerate launch -m lcgen.eval.evaluate ...` in one process")
 
     b = sub.add_parser("benchmark-search", help="nearest-code search vs faiss and the naive full matrix")
     b.add_argument("--size", choices=["smallest", "full"], default="full")

@@ -2,6 +2,7 @@
 module of the repository's folders under its `lcgen.*` name, and every preset; presets resolve by
 name from any working directory."""
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,10 +16,21 @@ FOLDERS = {"lcgen": "lcgen", "configs": "lcgen/configs", "tokenizer": "lcgen/tok
            "pipelines": "lcgen/pipelines", "eval": "lcgen/eval"}
 
 
+def package_sources(dest):
+    """What a source distribution holds (pyproject.toml, README.md, the package folders), copied so that
+    building writes nothing into the checkout."""
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, f), dest)
+    for folder in FOLDERS:
+        shutil.copytree(os.path.join(ROOT, folder), os.path.join(dest, folder),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "--no-build-isolation", "-q",
+    src, out = package_sources(tmp_path_factory.mktemp("src")), tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(out)], check=True, capture_output=True, timeout=300)
     (path,) = [os.path.join(out, f) for f in os.listdir(out) if f.endswith(".whl")]
     with zipfile.ZipFile(path) as z:

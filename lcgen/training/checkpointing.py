@@ -7,7 +7,11 @@ import os
 import re
 import shutil
 
+from accelerate.logging import get_logger
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+logger = get_logger(__name__)
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -68,8 +72,6 @@ def load_checkpoint(accelerator, path: str, ema=None) -> None:
         if not os.path.isfile(file):
             raise ValueError(f"{path} has no ema.safetensors but use_ema is on (was it trained without EMA?)")
         state = load_file(file)
-        from safetensors import safe_open
-
         with safe_open(file, framework="pt") as f:
             ema.optimization_step = int(f.metadata()["optimization_step"])
         for i, p in enumerate(ema.shadow_params):
@@ -83,5 +85,5 @@ def resume_position(accelerator, resume, ema, steps_per_epoch: int, accumulation
         return 0, 0, 0
     step, path = resume
     load_checkpoint(accelerator, path, ema)
-    accelerator.print(f"resumed from {path} at step {step}")
+    logger.info(f"resumed from {path} at step {step}")
     return step, step // steps_per_epoch, (step % steps_per_epoch) * accumulation

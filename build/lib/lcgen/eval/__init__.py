@@ -1,1 +1,0 @@
-"""Evaluation: metrics (tensor in, number out), datasets and sampling at scale."""

@@ -1,5 +1,0 @@
-"""Evaluation metrics: tensor in, number out."""
-from .codebook_usage import CodebookUsage
-from .reconstruction import l1_error, psnr, ssim
-
-__all__ = ["CodebookUsage", "l1_error", "psnr", "ssim"]

@@ -1,1 +1,0 @@
-"""Stage two: GPT, LDM, DiT and SiT priors over tokenizer codes or latents."""
