@@ -2,12 +2,14 @@
 
 1. train the small LooC tokenizer (K = 256, d* = 4, d = 16: 7x7 positions x 4 indices, a 16x7x7
    latent the size of the image) and evaluate its reconstructions on the test split;
-2. extract its tokens and latents from the training split (`priors.extract`);
-3. train a Fashion-MNIST classifier on the real training set (the judge of the samples);
-4. train GPT, LDM, DiT and SiT priors on the shards and save them as pipelines under
-   <output>/pipelines/<family>;
-5. sample every class through each pipeline, save the grids, and report the classifier's accuracy
-   on the samples (does `pipe(class_id=k)` draw class k?).
+2. extract its tokens and latents from the training split (`lcgen.priors.extract`);
+3. train the judge, a Fashion-MNIST classifier, on the real training set, and measure it on the real
+   test images and on the tokenizer's reconstructions of them (the ceiling a prior can reach);
+4. train GPT, LDM, DiT and SiT priors on the shards (their presets' recipes) and save them as
+   pipelines under <output>/pipelines/<family>;
+5. sample every class through each pipeline (class-balanced), report the judge's class accuracy and
+   FID / precision / recall against the test images in the judge's feature space, and write
+   report.json and index.html (lcgen/demo_page.py).
 """
 from __future__ import annotations
 
@@ -16,32 +18,52 @@ import os
 import shutil
 import time
 
-from torchvision.utils import save_image
+import torch
+from torch.utils.data import DataLoader
 
-from lcgen.eval.classifier import ImageClassifier, sample_class_accuracy, train_classifier
+from lcgen.data import build_dataset, collate_skipping_bad
+from lcgen.demo_page import FIGURES, labelled_grid, write_page
+from lcgen.eval.classifier import ImageClassifier, predict, sample_class_accuracy, train_classifier
 from lcgen.eval.evaluate_tokenizer import run as evaluate_tokenizer
+from lcgen.eval.extractors import FASHION_MNIST, ExtractorSpec
+from lcgen.eval.generation_fid import evaluate_fid
+from lcgen.eval.measure import MeasureSettings
 from lcgen.pipelines import load_pipeline
 from lcgen.priors.extract import extract
 from lcgen.priors.train import parse_config as prior_config
 from lcgen.priors.train import train as train_prior
+from lcgen.tokenizer import VQTokenizer
 from lcgen.tokenizer.train import parse_config as tokenizer_config
 from lcgen.tokenizer.train import train as train_tokenizer
 
 TOKENIZER_PRESET = "fashion-mnist-looc-d16-cpu"  # presets ship inside the package (lcgen.configs)
 FAMILIES = ("gpt", "ldm", "dit", "sit")
 
-# (tokenizer steps, tokenizer eval images, extracted train images, classifier images/epochs,
-#  prior steps, samples per class)
+# prior_steps None: each prior preset's own max_train_steps (the calibrated recipe)
 BUDGETS = {
-    "full": dict(tokenizer_steps=1000, eval_images=None, extract_images=None, classifier_images=None,
-                 classifier_epochs=2, prior_steps=500, samples_per_class=20),
+    "full": dict(tokenizer_steps=800, eval_images=None, extract_images=None, classifier_images=None,
+                 classifier_epochs=3, prior_steps=None, samples_per_class=200, grid_per_class=8),
     "quick": dict(tokenizer_steps=150, eval_images=2000, extract_images=10000, classifier_images=10000,
-                  classifier_epochs=1, prior_steps=60, samples_per_class=4),
+                  classifier_epochs=1, prior_steps=60, samples_per_class=13, grid_per_class=4),  # 130 > 128 features
 }
 
 
 def prior_preset(family: str) -> str:
     return f"fashion-mnist-{family}-cpu"
+
+
+@torch.no_grad()
+def judge_on_reconstructions(tokenizer_dir: str, classifier: ImageClassifier, max_samples: int | None = None) -> float:
+    """The judge's accuracy on the tokenizer's reconstructions of the test split: a prior whose samples
+    are decoded by this tokenizer cannot be expected to do better."""
+    tok = VQTokenizer.from_pretrained(tokenizer_dir).eval()
+    test = build_dataset("fashion-mnist", "test", channels=1, max_samples=max_samples)
+    hits = total = 0
+    for batch in DataLoader(test, batch_size=500, collate_fn=collate_skipping_bad):
+        recon = tok(batch["pixel_values"]).sample.clamp(-1, 1)
+        hits += int((predict(classifier, recon) == batch["labels"]).sum())
+        total += len(batch["labels"])
+    return hits / total
 
 
 def run_demo(output: str, quick: bool = False, families=FAMILIES, lpips: str = "auto",
@@ -75,15 +97,20 @@ def run_demo(output: str, quick: bool = False, families=FAMILIES, lpips: str = "
     clf_dir = os.path.join(out, "classifier")
     report["classifier"] = train_classifier(clf_dir, epochs=b["classifier_epochs"], max_samples=b["classifier_images"])
     classifier = ImageClassifier.from_pretrained(clf_dir).eval()
+    report["judge_on_reconstructions"] = judge_on_reconstructions(tok_dir, classifier, b["eval_images"])
+    names = report["class_names"] = report["classifier"].pop("class_names")
     t0 = stamp("classifier", t0)
 
+    fid_settings = MeasureSettings(metrics=("fid", "prc"), extractor=ExtractorSpec(FASHION_MNIST, clf_dir),
+                                   batch_size=500, cache_root=os.path.join(out, "fid-cache"))
     report["priors"] = {}
-    os.makedirs(os.path.join(out, "samples"), exist_ok=True)
+    os.makedirs(os.path.join(out, FIGURES), exist_ok=True)
     for family in families:
         run_dir = os.path.join(out, "runs", family)
+        steps = [] if b["prior_steps"] is None else ["--max_train_steps", str(b["prior_steps"]),
+                                                     "--checkpointing_steps", str(b["prior_steps"])]
         trained = train_prior(prior_config(["--config", prior_preset(family), "--shards", shards,
-                                            "--output_dir", run_dir, "--max_train_steps", str(b["prior_steps"]),
-                                            "--checkpointing_steps", str(b["prior_steps"])]))
+                                            "--output_dir", run_dir, *steps]))
         final = os.path.join(out, "pipelines", family)
         shutil.rmtree(final, ignore_errors=True)
         shutil.copytree(trained, final)
@@ -93,36 +120,45 @@ def run_demo(output: str, quick: bool = False, families=FAMILIES, lpips: str = "
         t1 = time.time()
         acc = sample_class_accuracy(pipe, classifier, b["samples_per_class"])
         t_sample = time.time() - t1
-        images = acc.pop("images")
-        n = b["samples_per_class"]
-        # one row per class
-        save_image(images.view(pipe.num_classes, n, *images.shape[1:]).transpose(0, 1).reshape(-1, *images.shape[1:]),
-                   os.path.join(out, "samples", f"{family}.png"), nrow=pipe.num_classes)
+        images = acc.pop("images")  # (C * n, 1, H, W) in [0, 1], class-major
+        fid_dir = os.path.join(out, "fid", family)
+        shutil.rmtree(fid_dir, ignore_errors=True)  # these samples are new: nothing to resume
+        fid = evaluate_fid(fid_dir, "fashion-mnist-test", samples=images, value_range=(0, 1),
+                           settings=fid_settings)["metrics"]
+        n, g = b["samples_per_class"], b["grid_per_class"]
+        grid = os.path.join(FIGURES, f"{family}-samples.png")
+        labelled_grid(images.view(len(names), n, *images.shape[1:])[:, :g].reshape(-1, *images.shape[1:]), names, g,
+                      os.path.join(out, grid), f"{family}: pipe(class_id=k), one row per class")
         with open(os.path.join(run_dir, "train_summary.json")) as f:
             summary = json.load(f)
         report["priors"][family] = {"pipeline": final, "size": summary["prior"], "train_steps": summary["train_steps"],
                                     "train_seconds": round(t_train, 1), "sample_seconds": round(t_sample, 1),
+                                    "eval_seconds": round(time.time() - t1 - t_sample, 1),
                                     "last_loss": summary["last_loss"], "sampling": pipe.default_sampling(),
                                     "class_accuracy": acc["accuracy"], "per_class_accuracy": acc["per_class"],
-                                    "samples": os.path.join(out, "samples", f"{family}.png")}
+                                    "samples": len(images), "fid": fid["fid"], "precision": fid["precision"],
+                                    "recall": fid["recall"], "grid": grid}
         t0 = time.time()
         del pipe
-    report["class_names"] = report["classifier"].pop("class_names")
     report["total_seconds"] = round(time.time() - start, 1)
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
+    write_page(report, out)
     return report
 
 
 def format_report(report: dict, out: str) -> str:
     m = report["tokenizer_metrics"]
+    judge = report["classifier"]["test_accuracy"]
     lines = [f"tokenizer (LooC 256x4, d=16, {report['tokenizer_steps']} steps): PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, "
              f"utilisation {m['utilisation']:.1%} on {m['images']} test images",
-             f"classifier: {report['classifier']['test_accuracy']:.1%} test accuracy "
-             f"({report['classifier']['train_images']} training images)",
-             f"{'prior':6} {'size':9} {'steps':>5} {'train s':>8} {'sample s':>8} {'class acc':>9}"]
+             f"judge: {judge:.1%} on real test images, {report['judge_on_reconstructions']:.1%} on their reconstructions "
+             f"({report['classifier']['train_images']} training images, {report['classifier']['epochs']} epochs)",
+             f"{'prior':6} {'size':9} {'steps':>5} {'train s':>8} {'sample s':>8} {'class acc':>9} {'/judge':>7} "
+             f"{'FID':>6} {'prec':>5} {'recall':>6}"]
     for family, r in report["priors"].items():
         lines.append(f"{family:6} {r['size']:9} {r['train_steps']:5d} {r['train_seconds']:8.1f} {r['sample_seconds']:8.1f} "
-                     f"{r['class_accuracy']:9.1%}")
-    lines.append(f"total {report['total_seconds']:.0f} s; report: {out}/report.json, grids: {out}/samples/")
+                     f"{r['class_accuracy']:9.1%} {r['class_accuracy'] / judge:7.1%} {r['fid']:6.2f} "
+                     f"{r['precision']:5.2f} {r['recall']:6.2f}")
+    lines.append(f"total {report['total_seconds']:.0f} s; report: {out}/report.json, page: {out}/index.html")
     return "\n".join(lines)

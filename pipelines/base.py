@@ -105,13 +105,6 @@ class LCGenPipeline(DiffusionPipeline):
         return float(self.config.guidance_scale if guidance_scale is None else guidance_scale)
 
     # ------------------------------------------------------------------ decoding and output
-    def _decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Sampled normalised latents -> images: undo the normalisation, snap to the nearest codes
-        (VQGAN-LC's decode re-quantises), decode."""
-        z = latents / self.config.latent_scale + self.config.latent_shift
-        q = self.vqvae.quantize(z.to(self.vqvae.dtype)).quantized
-        return self.vqvae.decode(q)
-
     def _output(self, images: torch.Tensor, output_type: str, return_dict: bool):
         images = images.float().clamp(-1, 1)
         out = self.image_processor.postprocess(images, output_type=output_type)

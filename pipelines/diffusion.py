@@ -3,6 +3,9 @@ and a guided model call over all channels with an explicit null class."""
 from __future__ import annotations
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from lcgen.priors.latent_space import LatentSpace, resolve_normalization
 
 from .base import LCGenPipeline
 
@@ -36,6 +39,21 @@ class LatentPipeline(LCGenPipeline):
         cond, uncond = out.chunk(2)
         return uncond + guidance_scale * (cond - uncond)
 
+    def _check_normalization(self, normalization: str):
+        """Before register_to_config: the space the prior models must be one the tokenizer can decode."""
+        if normalization not in ("global", "chunk"):
+            raise ValueError(f"latent_normalization must be 'global' or 'chunk', got {normalization!r}")
+        resolve_normalization(normalization, self.vqvae.quantizer)
+
+    def _decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Sampled latents -> images: back to the tokenizer's latent space, snap to the nearest codes
+        (VQGAN-LC's decode re-quantises), decode."""
+        c = self.config
+        space = LatentSpace(c.get("latent_normalization", "global"), c.latent_shift, c.latent_scale,
+                            self.vqvae.quantizer.chunk_dim)
+        q = self.vqvae.quantize(space.to_tokenizer(latents).to(self.vqvae.dtype)).quantized
+        return self.vqvae.decode(q)
+
     def _call_denoiser(self, x, t, labels):
         return self.denoiser(x, t, class_labels=labels)
 
@@ -46,13 +64,17 @@ class LatentPipeline(LCGenPipeline):
 
 
 class NoisePredictionPipeline(LatentPipeline):
-    """ε-prediction sampling with a diffusers scheduler (DDIM by default; any scheduler whose
-    config comes from the training DDPMScheduler works: `DPMSolverMultistepScheduler.from_config`).
+    """DDPM-family sampling with a diffusers scheduler (DDIM by default; any scheduler whose config
+    comes from the training DDPMScheduler works: `DPMSolverMultistepScheduler.from_config`); the
+    scheduler's `prediction_type` ("epsilon" or "v_prediction") says what the denoiser predicts.
     Subclasses register `vqvae`, the denoiser and `scheduler`."""
 
-    def _init_settings(self, id2label, guidance_scale, num_inference_steps, latent_shift, latent_scale, info):
+    def _init_settings(self, id2label, guidance_scale, num_inference_steps, latent_shift, latent_scale, info,
+                       latent_normalization):
+        self._check_normalization(latent_normalization)
         self._register_settings(id2label, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-                                latent_shift=latent_shift, latent_scale=latent_scale, info=info or {})
+                                latent_shift=latent_shift, latent_scale=latent_scale, info=info or {},
+                                latent_normalization=latent_normalization)
 
     def default_sampling(self) -> dict:
         return {"guidance_scale": self.config.guidance_scale, "num_inference_steps": self.config.num_inference_steps,
@@ -76,8 +98,6 @@ class NoisePredictionPipeline(LatentPipeline):
             output_type (`str`, default "pil"): "pil", "np" (B, H, W, C) in [0, 1] or "pt" (B, C, H, W).
             return_dict (`bool`, default True): an `ImagePipelineOutput`, else a tuple.
         """
-        from diffusers.utils.torch_utils import randn_tensor
-
         labels = self._class_ids(class_id, num_images_per_class)
         self._check_common(len(labels), guidance_scale, generator, output_type, num_inference_steps)
         scale = self._guidance(guidance_scale)
@@ -89,6 +109,6 @@ class NoisePredictionPipeline(LatentPipeline):
         self.scheduler.set_timesteps(steps, device=device)
         x = x * self.scheduler.init_noise_sigma
         for t in self.progress_bar(self.scheduler.timesteps):
-            eps = self._model_output(self.scheduler.scale_model_input(x, t), t, labels, scale)
-            x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
+            out = self._model_output(self.scheduler.scale_model_input(x, t), t, labels, scale)
+            x = self.scheduler.step(out, t, x, generator=generator).prev_sample
         return self._output(self._decode_latents(x), output_type, return_dict)

@@ -21,8 +21,10 @@ class VQDiTPipeline(NoisePredictionPipeline):
 
     def __init__(self, vqvae: VQTokenizer, transformer: DiTModel, scheduler: SchedulerMixin,
                  id2label: dict | None = None, guidance_scale: float = 4.0, num_inference_steps: int = 50,
-                 latent_shift: float = 0.0, latent_scale: float = 1.0, info: dict | None = None):
+                 latent_shift: float = 0.0, latent_scale: float = 1.0, info: dict | None = None,
+                 latent_normalization: str = "global"):
         super().__init__()
         self._check_tokenizer(vqvae, transformer)
         self.register_modules(vqvae=vqvae, transformer=transformer, scheduler=scheduler)
-        self._init_settings(id2label, guidance_scale, num_inference_steps, latent_shift, latent_scale, info)
+        self._init_settings(id2label, guidance_scale, num_inference_steps, latent_shift, latent_scale, info,
+                            latent_normalization)

@@ -23,7 +23,7 @@ class VQSiTPipeline(LatentPipeline):
     def __init__(self, vqvae: VQTokenizer, transformer: DiTModel, id2label: dict | None = None,
                  path_type: str = "linear", sampling_method: str = "euler", guidance_scale: float = 4.0,
                  num_inference_steps: int = 50, latent_shift: float = 0.0, latent_scale: float = 1.0,
-                 info: dict | None = None):
+                 info: dict | None = None, latent_normalization: str = "global"):
         super().__init__()
         if path_type not in PATHS:
             raise ValueError(f"path_type must be one of {PATHS}, got {path_type!r}")
@@ -31,9 +31,11 @@ class VQSiTPipeline(LatentPipeline):
             raise ValueError(f"sampling_method must be one of {SAMPLERS}, got {sampling_method!r}")
         self._check_tokenizer(vqvae, transformer)
         self.register_modules(vqvae=vqvae, transformer=transformer)
+        self._check_normalization(latent_normalization)
         self._register_settings(id2label, path_type=path_type, sampling_method=sampling_method,
                                 guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-                                latent_shift=latent_shift, latent_scale=latent_scale, info=info or {})
+                                latent_shift=latent_shift, latent_scale=latent_scale, info=info or {},
+                                latent_normalization=latent_normalization)
 
     def default_sampling(self) -> dict:
         c = self.config

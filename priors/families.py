@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers.training_utils import compute_snr
 
 from .dit import DiTModel, parse_dit_size
 from .gpt import GPT_SIZES, GPTPrior
 from .ldm import build_ldm_unet
+from .latent_space import LatentSpace
 from .transport import Interpolant
 
 FAMILIES = ("gpt", "ldm", "dit", "sit")
@@ -59,15 +61,28 @@ def drop_labels(labels: torch.Tensor, prob: float, null_class: int) -> torch.Ten
                        labels)
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023), per sample: min(SNR, γ) / SNR for an ε target and
+    min(SNR, γ) / (SNR + 1) for a v target, with SNR = ᾱ_t / (1 − ᾱ_t)."""
+    snr = compute_snr(noise_scheduler, timesteps)
+    clipped = snr.clamp(max=gamma)
+    return clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
+
+
 class PriorObjective:
-    """loss(model, batch) for a family. Latents are normalised as (z - shift) * scale first."""
+    """loss(model, batch) for a family. Latents enter the prior's space first (`LatentSpace`). LDM and
+    DiT regress ε or v (`prediction_type`) at DDPM timesteps, optionally min-SNR-γ weighted; SiT
+    regresses the transport velocity; GPT is next-token cross-entropy."""
 
     def __init__(self, family: str, num_classes: int, class_dropout_prob: float, noise_scheduler=None,
-                 path_type: str = "linear", latent_shift: float = 0.0, latent_scale: float = 1.0,
-                 loss_chunk_size: int = 4096):
+                 path_type: str = "linear", latent_space: LatentSpace | None = None, loss_chunk_size: int = 4096,
+                 snr_gamma: float | None = None):
         self.family, self.num_classes, self.p = family, num_classes, class_dropout_prob
         self.noise_scheduler, self.interpolant = noise_scheduler, Interpolant(path_type)
-        self.shift, self.scale, self.chunk = latent_shift, latent_scale, loss_chunk_size
+        self.latent_space, self.chunk, self.snr_gamma = latent_space or LatentSpace(), loss_chunk_size, snr_gamma
 
     def __call__(self, model, batch) -> torch.Tensor:
         labels = drop_labels(batch["labels"], self.p if self.num_classes else 0.0, self.num_classes)
@@ -75,15 +90,20 @@ class PriorObjective:
             labels = torch.zeros_like(labels)  # the only class row is the null row
         if self.family == "gpt":
             return model(batch["indices"], labels, return_loss=True, loss_chunk_size=self.chunk)
-        x = (batch["latents"] - self.shift) * self.scale
+        x = self.latent_space.to_prior(batch["latents"].float())
         noise = torch.randn_like(x)
         if self.family == "sit":
             t = torch.rand(x.shape[0], device=x.device)
             xt, target = self.interpolant.interpolate(x, noise, t)
             pred = model(xt, t * 1000.0, class_labels=labels)
-        else:
-            t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (x.shape[0],), device=x.device)
-            xt, target = self.noise_scheduler.add_noise(x, noise, t), noise
-            pred = model(xt, t, class_labels=labels)
-            pred = pred.sample if hasattr(pred, "sample") else pred
-        return F.mse_loss(pred.float(), target.float())
+            return F.mse_loss(pred.float(), target.float())
+        sched = self.noise_scheduler
+        t = torch.randint(0, sched.config.num_train_timesteps, (x.shape[0],), device=x.device)
+        xt = sched.add_noise(x, noise, t)
+        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(x, noise, t)
+        pred = model(xt, t, class_labels=labels)
+        pred = pred.sample if hasattr(pred, "sample") else pred
+        per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+        if self.snr_gamma:
+            per_sample = per_sample * min_snr_weights(sched, t, self.snr_gamma, sched.config.prediction_type)
+        return per_sample.mean()

@@ -1,6 +1,7 @@
 """The LDM prior: diffusers' `UNet2DModel` on continuous pre-quantisation latents, class-conditional
 through `num_class_embeds = num_classes + 1` (the last row is the null class; label dropout to it is
-done by the training loop — UNet2DModel has none). LDM's own class-conditional models feed the
+done by the training loop — UNet2DModel has none), the class embedding added to the time embedding
+and both entering every ResNet block as ADM's scale-shift of its norm. LDM's own class-conditional models feed the
 class by cross-attention (`ClassEmbedder`); the added class embedding is diffusers' built-in route.
 """
 from __future__ import annotations
@@ -30,6 +31,9 @@ def build_ldm_unet(size: str, sample_size: int, in_channels: int, num_classes: i
                   block_out_channels=channels, layers_per_block=layers,
                   down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
                   up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
-                  num_class_embeds=num_classes + 1, attention_head_dim=64)
+                  num_class_embeds=num_classes + 1, attention_head_dim=64,
+                  # ADM's route: the time + class embedding scales and shifts each ResNet block's norm
+                  # (rather than only being added to its activations)
+                  resnet_time_scale_shift="scale_shift")
     kwargs.update(options)
     return UNet2DModel(**kwargs)

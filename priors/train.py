@@ -21,16 +21,18 @@ from lcgen.log import configure as configure_logging
 from lcgen.pipelines import PIPELINES
 from lcgen.tokenizer import VQTokenizer
 from lcgen.training.config import parse_run_config
-from lcgen.training.run import TrainingRun
+from lcgen.training.run import TrainingRun, parameter_groups
 from lcgen.training.settings import check_training
 
-from .families import PriorObjective, build_prior, check_family, data_key
+from .families import PREDICTION_TYPES, PriorObjective, build_prior, check_family, data_key
+from .latent_space import NORMALIZATIONS, LatentSpace, resolve_normalization
 from .shards import TokenShardDataset, read_meta
 from .train_config import PriorConfig, PriorDataConfig, PriorTrainingConfig, SamplingConfig
 from .transport import PATHS, SAMPLERS
 
 SCHEMAS = {"prior": PriorConfig, "data": PriorDataConfig, "training": PriorTrainingConfig, "sampling": SamplingConfig}
 SCHEDULERS = {"ddim": DDIMScheduler, "dpmsolver": DPMSolverMultistepScheduler}
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
 def parse_config(argv=None, prog: str = "lcgen.priors.train") -> dict:
@@ -50,6 +52,14 @@ def check_config(cfg: dict) -> dict:
         raise ValueError(f"sampling.sampling_method must be one of {SAMPLERS}, got {s.sampling_method!r}")
     if s.scheduler not in SCHEDULERS:
         raise ValueError(f"sampling.scheduler must be one of {tuple(SCHEDULERS)}, got {s.scheduler!r}")
+    if p.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prior.prediction_type must be one of {PREDICTION_TYPES}, got {p.prediction_type!r}")
+    if p.snr_gamma is not None and not p.snr_gamma > 0:
+        raise ValueError(f"prior.snr_gamma must be > 0 (or None for no weighting), got {p.snr_gamma}")
+    if p.latent_normalization not in NORMALIZATIONS:
+        raise ValueError(f"prior.latent_normalization must be one of {NORMALIZATIONS}, got {p.latent_normalization!r}")
+    if s.timestep_spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"sampling.timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {s.timestep_spacing!r}")
     if s.num_inference_steps <= 0:
         raise ValueError(f"sampling.num_inference_steps must be > 0, got {s.num_inference_steps}")
     meta = read_meta(d.shards)
@@ -67,7 +77,15 @@ def check_config(cfg: dict) -> dict:
 
 def _noise_scheduler(p: PriorConfig):
     return DDPMScheduler(num_train_timesteps=p.num_train_timesteps, beta_schedule=p.beta_schedule,
-                         beta_start=p.beta_start, beta_end=p.beta_end, clip_sample=False, prediction_type="epsilon")
+                         beta_start=p.beta_start, beta_end=p.beta_end, clip_sample=False,
+                         prediction_type=p.prediction_type)
+
+
+def latent_space(p: PriorConfig, meta: dict, tokenizer) -> LatentSpace:
+    """The space a latent prior models for this tokenizer and these shards."""
+    return LatentSpace(resolve_normalization(p.latent_normalization, tokenizer.quantizer),
+                       meta.get("latent_mean") or 0.0, 1.0 / (meta.get("latent_std") or 1.0),
+                       tokenizer.quantizer.chunk_dim)
 
 
 def make_pipeline(cfg: dict, meta: dict, tokenizer, model, info: dict | None = None):
@@ -78,12 +96,13 @@ def make_pipeline(cfg: dict, meta: dict, tokenizer, model, info: dict | None = N
     cls = PIPELINES[p.family]
     if p.family == "gpt":
         return cls(tokenizer, model, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, **common)
-    latent = dict(latent_shift=meta["latent_mean"], latent_scale=1.0 / meta["latent_std"],
+    space = latent_space(p, meta, tokenizer)
+    latent = dict(latent_shift=space.shift, latent_scale=space.scale, latent_normalization=space.normalization,
                   num_inference_steps=s.num_inference_steps, **common)
     if p.family == "sit":
         return cls(tokenizer, model, path_type=p.path_type, sampling_method=s.sampling_method, **latent)
-    sampler = SCHEDULERS[s.scheduler]
-    return cls(tokenizer, model, sampler.from_config(_noise_scheduler(p).config), **latent)
+    sampler = SCHEDULERS[s.scheduler].from_config(_noise_scheduler(p).config, timestep_spacing=s.timestep_spacing)
+    return cls(tokenizer, model, sampler, **latent)
 
 
 def _num_classes(p: PriorConfig, meta: dict) -> int:
@@ -103,8 +122,7 @@ def train(cfg: dict) -> str:
         raise ValueError(f"the shards hold label {int(dataset.labels.max())} but prior.num_classes={num_classes}")
     objective = PriorObjective(p.family, num_classes, p.class_dropout_prob,
                                _noise_scheduler(p) if p.family in ("ldm", "dit") else None, p.path_type,
-                               meta.get("latent_mean") or 0.0, 1.0 / (meta.get("latent_std") or 1.0),
-                               p.loss_chunk_size)
+                               latent_space(p, meta, tokenizer), p.loss_chunk_size, p.snr_gamma)
 
     run = TrainingRun(cfg, SCHEMAS, f"prior-{p.family}")
     accelerator = run.accelerator
@@ -112,8 +130,8 @@ def train(cfg: dict) -> str:
                         generator=torch.Generator().manual_seed(t.seed))
     run.plan(len(loader), len(dataset), "items")
     params = [q for q in model.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
-                            weight_decay=t.weight_decay)
+    opt = torch.optim.AdamW(parameter_groups(model, t.weight_decay), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
+                            eps=t.adam_epsilon)
     sched = run.lr_scheduler(opt)
     model, opt, sched, loader = accelerator.prepare(model, opt, sched, loader)
     raw = accelerator.unwrap_model(model)

@@ -19,7 +19,12 @@ class PriorConfig:
     beta_schedule: str = "linear"  # DiT: linear 1e-4..0.02; LDM: scaled_linear 0.0015..0.0195
     beta_start: float = 0.0001
     beta_end: float = 0.02
+    prediction_type: str = "epsilon"  # LDM, DiT: epsilon | v_prediction (what the denoiser regresses)
+    snr_gamma: float | None = None  # LDM, DiT: min-SNR-gamma loss weighting (5.0 in Hang et al.); None = off
     path_type: str = "linear"  # SiT: linear | gvp
+    # LDM, DiT, SiT: the space modelled (priors/latent_space.py): auto = "chunk" (unit chunk directions)
+    # for tokenizers that snap chunks by cosine, else "global" ((z - mean) / std)
+    latent_normalization: str = "auto"
     loss_chunk_size: int = 4096  # GPT: positions per chunk of the memory-aware cross-entropy
 
 
@@ -60,3 +65,4 @@ class SamplingConfig:
     top_p: float | None = None
     sampling_method: str = "euler"  # SiT: euler | heun | sde
     scheduler: str = "ddim"  # LDM, DiT: ddim | dpmsolver
+    timestep_spacing: str = "leading"  # LDM, DiT: leading | trailing | linspace (trailing suits few-step DDIM)

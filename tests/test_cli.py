@@ -3,6 +3,7 @@ import json
 import logging
 import subprocess
 import sys
+from html.parser import HTMLParser
 
 import pytest
 
@@ -30,6 +31,33 @@ def test_benchmark_search_prints_the_table(capsys):
     assert "False" not in out  # every method exact on the sample
 
 
+class PageParser(HTMLParser):
+    """The headings, images and table rows of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.headings, self.images, self.rows, self._tag, self._row = [], [], [], None, None
+
+    def handle_starttag(self, tag, attrs):
+        self._tag = tag
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        if tag == "tr":
+            self._row = []
+
+    def handle_endtag(self, tag):
+        if tag == "tr":
+            self.rows.append(self._row)
+            self._row = None
+        self._tag = None
+
+    def handle_data(self, data):
+        if self._tag in ("h1", "h2", "h3"):
+            self.headings.append(data.strip())
+        if self._row is not None and self._tag in ("td", "th"):
+            self._row.append(data.strip())
+
+
 @pytest.mark.slow
 def test_quick_demo_runs_both_stages_and_reports_class_accuracy(tmp_path, capsys):
     cli.main(["demo", "--quick", "--output", str(tmp_path)])
@@ -40,17 +68,29 @@ def test_quick_demo_runs_both_stages_and_reports_class_accuracy(tmp_path, capsys
     assert m["utilisation"] > 0.9 and m["psnr"] > 12
     assert report["extraction"]["num_images"] == 10000 and report["extraction"]["index_shape"] == [7, 7, 4]
     assert report["classifier"]["test_accuracy"] > 0.6  # 1 epoch on 10,000 images: ~0.8; chance is 0.1
+    assert 0.1 < report["judge_on_reconstructions"] <= 1.0
     assert sorted(report["priors"]) == ["dit", "gpt", "ldm", "sit"]
     for family, r in report["priors"].items():
-        assert len(r["per_class_accuracy"]) == 10
-        assert abs(sum(r["per_class_accuracy"]) / 10 - r["class_accuracy"]) < 0.01  # 4 samples per class
-        assert (tmp_path / "samples" / f"{family}.png").is_file()
+        assert len(r["per_class_accuracy"]) == 10 and r["samples"] == 130
+        assert abs(sum(r["per_class_accuracy"]) / 10 - r["class_accuracy"]) < 0.01  # 13 samples per class
+        assert r["fid"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+        assert (tmp_path / r["grid"]).is_file() and (tmp_path / "runs" / family / "metrics.jsonl").is_file()
         assert (tmp_path / "pipelines" / family / "model_index.json").is_file()
     for f in ("eval/metrics.json", "eval/reconstructions.png", "tokenizer/model/config.json", "shards/extraction.json",
               "classifier/model.safetensors" if (tmp_path / "classifier/model.safetensors").exists()
               else "classifier/diffusion_pytorch_model.safetensors"):
         assert (tmp_path / f).is_file(), f
-    assert "class acc" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "class acc" in out and "FID" in out
+    page = PageParser()
+    page.feed((tmp_path / "index.html").read_text())
+    assert {"Priors", "Per-class accuracy", "Tokenizer", "Judge", "Training losses"} <= set(page.headings)
+    assert page.images and all((tmp_path / src).is_file() for src in page.images), page.images
+    assert {"eval/reconstructions.png", "eval/code_usage.png", "figures/losses.png"} <= set(page.images)
+    assert {r["grid"] for r in report["priors"].values()} <= set(page.images)
+    prior_rows = [row for row in page.rows if row and row[0] in report["priors"]]
+    assert len(prior_rows) == 8  # the metrics table and the per-class table, one row per prior each
+    assert ["prior"] + report["class_names"] in page.rows
 
 
 def test_sample_command_writes_pngs_and_grid(tmp_path, caplog):

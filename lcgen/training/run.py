@@ -33,6 +33,38 @@ from .checkpointing import resolve_checkpoint, resume_position, save_checkpoint
 from .config import resolved_config, tracker_hparams, write_config
 
 logger = get_logger(__name__)
+METRICS_LOG = "metrics.jsonl"  # <output_dir>/metrics.jsonl: one JSON line per logged step
+
+
+def read_metrics_log(output_dir: str) -> list[dict]:
+    """The logged steps of a run (a resumed run's repeated steps keep their last record)."""
+    path = os.path.join(output_dir, METRICS_LOG)
+    if not os.path.isfile(path):
+        return []
+    by_step = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                by_step[record["step"]] = record
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def lr_scheduler(t, optimizer, max_steps: int, num_processes: int = 1):
+    """training.lr_scheduler with its warm-up honoured. diffusers' "constant" ignores num_warmup_steps, so
+    a warm-up with it means "constant_with_warmup". accelerate steps a prepared scheduler once per
+    process per optimiser step, hence the factor num_processes."""
+    name = "constant_with_warmup" if t.lr_scheduler == "constant" and t.lr_warmup_steps else t.lr_scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=t.lr_warmup_steps * num_processes,
+                         num_training_steps=max_steps * num_processes)
+
+
+def parameter_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups as LlamaGen's: weight decay on matrices and embeddings (>= 2-d), none on norm gains
+    and biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
 class TrainingRun:
@@ -70,11 +102,7 @@ class TrainingRun:
         self.num_epochs = math.ceil(self.max_steps / self.steps_per_epoch)
 
     def lr_scheduler(self, optimizer):
-        """training.lr_scheduler with its warm-up; accelerate steps a prepared scheduler once per process
-        per optimiser step, hence the factor num_processes."""
-        t, n = self.t, self.num_processes
-        return get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps * n,
-                             num_training_steps=self.max_steps * n)
+        return lr_scheduler(self.t, optimizer, self.max_steps, self.num_processes)
 
     def start(self, raw_model, description: str) -> None:
         """EMA of `raw_model` (unwrapped), resume, config.yaml and trackers, the progress bar."""
@@ -130,6 +158,9 @@ class TrainingRun:
         if step % t.log_every == 0 or step == self.max_steps:
             self.last_logs = logs()
             acc.log(self.last_logs, step=step)
+            if acc.is_main_process:  # a plain record beside the trackers' files, for plots and reports
+                with open(os.path.join(t.output_dir, METRICS_LOG), "a") as f:
+                    f.write(json.dumps({"step": step, **self.last_logs}) + "\n")
             if self.loss_key in self.last_logs:
                 self.progress.set_postfix(loss=f"{self.last_logs[self.loss_key]:.4f}")
         if step % t.checkpointing_steps == 0 or step == self.max_steps:

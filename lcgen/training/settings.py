@@ -41,6 +41,8 @@ class TrainingConfig:
 
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+                 "piecewise_constant")  # diffusers.optimization.SchedulerType
 
 
 def check_training(t: TrainingConfig) -> None:
@@ -52,6 +54,13 @@ def check_training(t: TrainingConfig) -> None:
             raise ValueError(f"training.{name} must be > 0, got {getattr(t, name)}")
     if t.max_train_steps is not None and t.max_train_steps <= 0:
         raise ValueError(f"training.max_train_steps must be > 0, got {t.max_train_steps}")
+    if t.lr_scheduler not in LR_SCHEDULERS:
+        raise ValueError(f"training.lr_scheduler must be one of {LR_SCHEDULERS}, got {t.lr_scheduler!r}")
+    if t.lr_warmup_steps < 0:
+        raise ValueError(f"training.lr_warmup_steps must be >= 0, got {t.lr_warmup_steps}")
+    if t.lr_warmup_steps and t.lr_scheduler == "piecewise_constant":
+        raise ValueError("training.lr_scheduler 'piecewise_constant' has no warm-up: set lr_warmup_steps to 0 "
+                         "or pick a schedule with one (constant_with_warmup, linear, cosine, ...)")
     if t.lr <= 0:
         raise ValueError(f"training.lr must be > 0, got {t.lr}")
     if not 0 < t.ema_decay < 1:
