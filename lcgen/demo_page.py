@@ -58,8 +58,10 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _img(src: str, alt: str) -> str:
-    return f'<figure><img src="{html.escape(src)}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+def _img(src: str, alt: str, width: int | None = None) -> str:
+    size = f' width="{width}"' if width else ""
+    return (f'<figure><img src="{html.escape(src)}" alt="{html.escape(alt)}"{size}>'
+            f'<figcaption>{html.escape(alt)}</figcaption></figure>')
 
 
 def _pct(x) -> str:
@@ -90,9 +92,9 @@ def write_page(report: dict, out: str) -> str:
              f"<p>Budget <b>{html.escape(report['budget'])}</b>, {report['total_seconds']:.0f} s in all. "
              "Class accuracy: how often an independent judge (a CNN trained on the real training split) names the "
              "class that was asked for. FID, precision and recall: the samples against the 10,000 test images, "
-             "in the judge's feature space.</p>",
+             "in the judge's feature space (128-d, not Inception: comparable between these priors only).</p>",
              "<h2>Priors</h2>",
-             _table(["prior", "size", "steps", "train s", "sample s", "class accuracy", "of the ceiling", "FID",
+             _table(["prior", "size", "steps", "train s", "sample s", "class accuracy", "of the judge's own", "FID",
                      "precision", "recall"],
                     [[f, r["size"], r["train_steps"], _num(r["train_seconds"], 0), _num(r["sample_seconds"], 0),
                       _pct(r["class_accuracy"]), _pct(r["class_accuracy"] / judge["test_accuracy"]),
@@ -107,8 +109,8 @@ def write_page(report: dict, out: str) -> str:
              _table(["steps", "PSNR dB", "SSIM", "utilisation", "perplexity", "test images"],
                     [[report["tokenizer_steps"], _num(m["psnr"]), _num(m["ssim"], 3), _pct(m["utilisation"]),
                       _num(m["perplexity"], 1), m["images"]]]),
-             _img("eval/reconstructions.png", "test images (odd rows) and their reconstructions (even rows)"),
-             _img("eval/code_usage.png", "code frequencies, sorted"),
+             _img("eval/reconstructions.png", "test images (odd rows) and their reconstructions (even rows)", 560),
+             _img("eval/code_usage.png", "code frequencies, sorted", 420),
              "<h2>Judge</h2>",
              _table(["on", "accuracy"], [["real test images", _pct(judge["test_accuracy"])],
                                          ["tokenizer reconstructions of them (a prior's ceiling)",
