@@ -44,7 +44,7 @@ BUDGETS = {
     "full": dict(tokenizer_steps=700, eval_images=None, extract_images=None, classifier_images=None,
                  classifier_epochs=4, prior_steps=None, samples_per_class=200, grid_per_class=8),
     "quick": dict(tokenizer_steps=150, eval_images=2000, extract_images=10000, classifier_images=10000,
-                  classifier_epochs=1, prior_steps=60, samples_per_class=13, grid_per_class=4),  # 130 > 128 features
+                  classifier_epochs=1, prior_steps=30, samples_per_class=13, grid_per_class=4),  # 130 > 128 features
 }
 
 
