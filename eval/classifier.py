@@ -20,7 +20,7 @@ from lcgen.data import build_dataset, collate_skipping_bad
 
 class ImageClassifier(ModelMixin, ConfigMixin):
     """Three conv blocks (two 2x poolings) -> the 7x7 feature map flattened (where garments differ: a
-    global average pool loses it, 88% against 92.5% test accuracy here) -> `feature_dim` features ->
+    global average pool loses it: 89.8% against 92.5% test accuracy with the same 4-epoch recipe here) -> `feature_dim` features ->
     linear over classes. Input: float (B, in_channels, H, W) in [-1, 1]."""
 
     @register_to_config

@@ -4,8 +4,8 @@
   extraction's), as LDM's scale factor.
 - "chunk": every chunk of d* channels that the tokenizer snaps by cosine becomes its unit direction
   times sqrt(d*) (unit mean square per channel). A cosine snap ignores each chunk's norm, so this is
-  exactly what the decoder sees; the raw latent's chunk norms (about a fifth of its energy for the
-  demo's LooC tokenizer) and its per-channel scale differences are not left for the prior to learn.
+  exactly what the decoder sees; the raw latent's chunk norms and its per-channel scale differences
+  (both large for the demo's LooC tokenizer, per the issue-12 review) are not left for the prior to learn.
   The way back is the identity: the snap discards the norm again.
 """
 from __future__ import annotations

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from diffusers.optimization import SchedulerType
+
 
 @dataclass
 class TrainingConfig:
@@ -41,8 +43,7 @@ class TrainingConfig:
 
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
-                 "piecewise_constant")  # diffusers.optimization.SchedulerType
+LR_SCHEDULERS = tuple(s.value for s in SchedulerType)  # what diffusers' get_scheduler accepts
 
 
 def check_training(t: TrainingConfig) -> None:
