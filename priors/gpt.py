@@ -4,7 +4,8 @@ LlamaGen's recipe (RMSNorm, SwiGLU, bias-free linears, the class embedding as th
 its null id `num_classes`, a zero-initialised untied head), written by hand as a diffusers
 `ModelMixin` so a pipeline saves it: `transformers.LlamaForCausalLM` was measured slower to sample
 (benchmarks/gpt_sampling.py: its classifier-free guidance runs a second, unbatched forward pass) and
-puts the class in the vocabulary. Positions are learned absolute embeddings, as VQGAN-LC's minGPT.
+puts the class in the vocabulary. Positions are learned absolute embeddings (VQGAN-LC's minGPT) or
+LlamaGen's 2-D rotary embedding (`position_embedding="rope_2d"`), which converted LlamaGen checkpoints use.
 
 Grids with m indices per position (LooC, PQ: (h, w, m)) are modelled with m output heads over the
 shared K-way vocabulary: one sequence step per *position* (not per index), the m indices of the
@@ -23,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .sampling import guide, sample_tokens
 
-# named sizes: (layers, heads, width). B/L/XL/XXL as LlamaGen; T and S are small CPU sizes.
+# named sizes: (layers, heads, width). B/L/XL/XXL/XXXL as LlamaGen; T and S are small CPU sizes.
 GPT_SIZES = {
     "GPT-T": (4, 4, 128),
     "GPT-S": (8, 8, 256),
@@ -31,11 +32,40 @@ GPT_SIZES = {
     "GPT-L": (24, 16, 1024),
     "GPT-XL": (36, 20, 1280),
     "GPT-XXL": (48, 24, 1536),
+    "GPT-XXXL": (48, 40, 2560),
 }
+
+
+POSITION_EMBEDDINGS = ("learned", "rope_2d")
 
 
 def _find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - n % k
+
+
+def rope_2d_table(grid_height: int, grid_width: int, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """LlamaGen's 2-D rotary table for the sequence [class, position 0, ..., position L-2]: (L, head_dim/2, 2)
+    (cos, sin) per interleaved pair. The first head_dim/4 pairs turn with the row, the rest with the
+    column, each at frequencies base^(-2i / (head_dim/2)). The class token's entry is all zeros (cos
+    and sin 0, as LlamaGen's table): its query and key enter attention as zero vectors."""
+    if head_dim % 4:
+        raise ValueError(f"rope_2d needs a head dim divisible by 4, got {head_dim}")
+    half = head_dim // 2
+    # fp32 throughout, as LlamaGen computes it, so converted checkpoints see the same rotations
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))  # (head_dim/4,)
+    rows = torch.outer(torch.arange(grid_height).float(), freqs)  # (h, head_dim/4)
+    cols = torch.outer(torch.arange(grid_width).float(), freqs)  # (w, head_dim/4)
+    angles = torch.cat([rows[:, None].expand(-1, grid_width, -1), cols[None].expand(grid_height, -1, -1)], -1)
+    table = torch.stack([angles.cos(), angles.sin()], -1).flatten(0, 1)  # (h*w, head_dim/2, 2)
+    return torch.cat([torch.zeros(1, half, 2), table[:-1]])  # the last position is never an input
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, heads, T, hd) by table (T, hd/2, 2), in fp32."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # (B, heads, T, hd/2, 2)
+    cos, sin = table[..., 0].float(), table[..., 1].float()  # (T, hd/2); fp32 even in a half-precision model
+    a, b = pairs[..., 0], pairs[..., 1]
+    return torch.stack([a * cos - b * sin, b * cos + a * sin], -1).flatten(-2).type_as(x)
 
 
 class _Attention(nn.Module):
@@ -45,9 +75,11 @@ class _Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x, cache=None, pos: int = 0):
+    def forward(self, x, cache=None, pos: int = 0, rope=None):
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:  # (t, hd/2, 2): the rows of this call's positions
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         else:  # static cache (B, heads, L, hd): write this step, attend to everything so far
@@ -74,8 +106,8 @@ class _Block(nn.Module):
         self.attn, self.ffn = _Attention(dim, heads, dropout), _FeedForward(dim, hidden)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, cache=None, pos=0):
-        x = x + self.drop(self.attn(self.attn_norm(x), cache, pos))
+    def forward(self, x, cache=None, pos=0, rope=None):
+        x = x + self.drop(self.attn(self.attn_norm(x), cache, pos, rope))
         return x + self.drop(self.ffn(self.ffn_norm(x)))
 
 
@@ -90,14 +122,19 @@ class GPTPrior(ModelMixin, ConfigMixin):
         hidden_size, num_layers, num_heads: the transformer (see GPT_SIZES).
         ffn_multiple_of: SwiGLU hidden = round_up(8/3 * hidden_size, ffn_multiple_of) (LlamaGen: 256).
         dropout: residual / attention dropout (LlamaGen: 0.1).
+        norm_eps: RMSNorm epsilon (LlamaGen: 1e-5).
+        position_embedding: "learned" (absolute, one vector per position) or "rope_2d" (LlamaGen's
+            2-D rotary embedding of queries and keys, see `rope_2d_table`); rope_base: its base.
     """
 
     @register_to_config
     def __init__(self, codebook_size: int = 16384, grid_height: int = 16, grid_width: int = 16,
                  tokens_per_position: int = 1, num_classes: int = 1000, hidden_size: int = 768,
                  num_layers: int = 12, num_heads: int = 12, ffn_multiple_of: int = 256, dropout: float = 0.0,
-                 norm_eps: float = 1e-5):
+                 norm_eps: float = 1e-5, position_embedding: str = "learned", rope_base: float = 10000.0):
         super().__init__()
+        if position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, got {position_embedding!r}")
         for name, v in (("codebook_size", codebook_size), ("grid_height", grid_height), ("grid_width", grid_width),
                         ("tokens_per_position", tokens_per_position), ("num_layers", num_layers)):
             if v <= 0:
@@ -111,13 +148,19 @@ class GPTPrior(ModelMixin, ConfigMixin):
         self.class_embedding = nn.Embedding(num_classes + 1, hidden_size)  # row num_classes = null
         self.token_embedding = nn.Embedding(m * k, hidden_size)  # slot j of a position uses rows [j*K, (j+1)*K)
         self.register_buffer("slot_offset", torch.arange(m) * k, persistent=False)
-        self.position_embedding = nn.Parameter(torch.zeros(1, self.seq_len, hidden_size))
+        if position_embedding == "learned":
+            self.position_embedding = nn.Parameter(torch.zeros(1, self.seq_len, hidden_size))
+        else:
+            self.position_embedding = None
+            self.register_buffer("rope", rope_2d_table(grid_height, grid_width, hidden_size // num_heads, rope_base),
+                                 persistent=False)
         hidden = _find_multiple(int(2 * 4 * hidden_size / 3), ffn_multiple_of)
         self.blocks = nn.ModuleList(_Block(hidden_size, num_heads, hidden, dropout, norm_eps) for _ in range(num_layers))
         self.norm = nn.RMSNorm(hidden_size, eps=norm_eps)
         self.head = nn.Linear(hidden_size, m * k, bias=False)
         self.apply(self._init)
-        nn.init.normal_(self.position_embedding, std=0.02)
+        if self.position_embedding is not None:
+            nn.init.normal_(self.position_embedding, std=0.02)
         nn.init.zeros_(self.head.weight)  # LlamaGen: the head starts at uniform predictions
 
     @staticmethod
@@ -148,10 +191,17 @@ class GPTPrior(ModelMixin, ConfigMixin):
         b = indices.shape[0]
         tokens = indices.reshape(b, self.seq_len, self.config.tokens_per_position).long()
         x = torch.cat([self.class_embedding(class_labels.long())[:, None], self._embed_tokens(tokens[:, :-1])], 1)
-        x = x + self.position_embedding
+        x, rope = self._add_positions(x, 0)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, rope=rope)
         return self.norm(x)
+
+    def _add_positions(self, x: torch.Tensor, start: int):
+        """Sequence steps [start, start + T) of x (B, T, D): learned embeddings added, or the rotary rows."""
+        end = start + x.shape[1]
+        if self.position_embedding is not None:
+            return x + self.position_embedding[:, start:end], None
+        return x, self.rope[start:end]
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(h).unflatten(-1, (self.config.tokens_per_position, self.config.codebook_size))
@@ -204,9 +254,9 @@ class GPTPrior(ModelMixin, ConfigMixin):
         x = self.class_embedding(labels)[:, None]
         steps = range(self.seq_len)
         for t in (progress(steps) if progress else steps):
-            h = x + self.position_embedding[:, t:t + 1]
+            h, rope = self._add_positions(x, t)
             for block, cache in zip(self.blocks, caches):
-                h = block(h, cache, t)
+                h = block(h, cache, t, rope)
             logits = self._logits(self.norm(h))[:, 0].float()  # (rows, m, K)
             if cfg:
                 logits = guide(logits[:b], logits[b:], guidance_scale)

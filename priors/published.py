@@ -1,0 +1,95 @@
+"""Published priors as ordinary lcgen models: LlamaGen's class-conditional GPTs -> `GPTPrior`.
+
+LlamaGen's c2i `Transformer` is lcgen's `GPTPrior` with `position_embedding="rope_2d"`: the same
+RMSNorm / SwiGLU / bias-free blocks, the class embedding table with its null row `num_classes` as the
+first sequence step (`cls_token_num` 1), a fused `wqkv` in (q, k, v) order and an untied head. Keys:
+
+| LlamaGen                                  | lcgen `GPTPrior`                     |
+|-------------------------------------------|--------------------------------------|
+| `tok_embeddings.weight`                   | `token_embedding.weight`             |
+| `cls_embedding.embedding_table.weight`    | `class_embedding.weight`             |
+| `layers.i.attention.wqkv` / `.wo`         | `blocks.i.attn.qkv` / `.proj`        |
+| `layers.i.feed_forward.w1/w2/w3`          | `blocks.i.ffn.w1/w2/w3`              |
+| `layers.i.attention_norm` / `ffn_norm`    | `blocks.i.attn_norm` / `ffn_norm`    |
+| `norm`, `output`                          | `norm`, `head`                       |
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from lcgen.official_checkpoints import take
+
+from .gpt import GPT_SIZES, GPTPrior
+
+# LlamaGen's GPT_models that ship class-conditional checkpoints (c2i_{B,L,XL,XXL,XXXL}_{256,384}.pt)
+LLAMAGEN_GPT_MODELS = ("GPT-B", "GPT-L", "GPT-XL", "GPT-XXL", "GPT-XXXL")
+_LAYER = {"attention.wqkv": "attn.qkv", "attention.wo": "attn.proj", "feed_forward.w1": "ffn.w1",
+          "feed_forward.w2": "ffn.w2", "feed_forward.w3": "ffn.w3", "attention_norm": "attn_norm",
+          "ffn_norm": "ffn_norm"}
+_TOP = {"tok_embeddings": "token_embedding", "cls_embedding.embedding_table": "class_embedding", "norm": "norm",
+        "output": "head"}
+
+
+def _rename(key: str) -> str:
+    m = re.fullmatch(r"layers\.(\d+)\.(.+)\.weight", key)
+    if m and m.group(2) in _LAYER:
+        return f"blocks.{m.group(1)}.{_LAYER[m.group(2)]}.weight"
+    m = re.fullmatch(r"(.+)\.weight", key)
+    if m and m.group(1) in _TOP:
+        return f"{_TOP[m.group(1)]}.weight"
+    raise KeyError(key)
+
+
+def parse_llamagen_name(filename: str) -> tuple[str, int]:
+    """`c2i_L_384.pt` -> ("GPT-L", 384): the model and image size LlamaGen's file names carry."""
+    m = re.search(r"c2i_(B|L|XL|XXL|XXXL)_(\d+)", filename)
+    if not m:
+        raise ValueError(f"cannot read the model and image size from {filename!r} (expected c2i_<size>_<res>.pt); "
+                         f"pass them explicitly")
+    return f"GPT-{m.group(1)}", int(m.group(2))
+
+
+def gpt_from_llamagen(state: dict[str, torch.Tensor], model: str | None = "GPT-B", image_size: int = 256,
+                      downsample_size: int = 16, num_heads: int | None = None, rope_base: float = 10000.0) -> GPTPrior:
+    """A LlamaGen c2i GPT state dict (`torch.load(c2i_B_256.pt)["model"]`) -> `GPTPrior` (eval mode).
+
+    The vocabulary, width, depth and class count come from the weights; the head count from `model`
+    (LlamaGen's GPT_models) or `num_heads`; the token grid from image_size / downsample_size."""
+    if model is not None and model not in LLAMAGEN_GPT_MODELS:
+        raise ValueError(f"unknown LlamaGen model {model!r}; expected one of {LLAMAGEN_GPT_MODELS}")
+    if model is None and not (isinstance(num_heads, int) and num_heads > 0):
+        raise ValueError("pass model (e.g. 'GPT-B') or num_heads")
+    if not (isinstance(image_size, int) and isinstance(downsample_size, int) and image_size > 0 and downsample_size > 0):
+        raise ValueError(f"image_size and downsample_size must be positive ints, got {image_size!r}, {downsample_size!r}")
+    if image_size % downsample_size:
+        raise ValueError(f"image_size {image_size} is not divisible by downsample_size {downsample_size}")
+    state = {k: v for k, v in state.items() if k != "freqs_cis" and not k.endswith(("k_cache", "v_cache"))}
+    for need in ("tok_embeddings.weight", "cls_embedding.embedding_table.weight", "layers.0.attention.wqkv.weight"):
+        if need not in state:
+            raise ValueError(f"not a LlamaGen c2i GPT checkpoint: no {need}")
+    vocab, dim = state["tok_embeddings.weight"].shape
+    layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("layers."))
+    if model is not None:
+        want_layers, num_heads, width = GPT_SIZES[model]
+        if (dim, layers) != (width, want_layers):
+            raise ValueError(f"the checkpoint has width {dim} and {layers} layers, but {model} has {width} and "
+                             f"{want_layers}: pass the right model")
+    wqkv = state["layers.0.attention.wqkv.weight"]
+    if wqkv.shape[0] != 3 * dim:
+        raise ValueError(f"grouped-query attention (wqkv {tuple(wqkv.shape)}) is not supported: lcgen's GPT has "
+                         f"n_kv_head == n_head")
+    grid = image_size // downsample_size
+    prior = GPTPrior(codebook_size=vocab, grid_height=grid, grid_width=grid, tokens_per_position=1,
+                     num_classes=state["cls_embedding.embedding_table.weight"].shape[0] - 1, hidden_size=dim,
+                     num_layers=layers, num_heads=num_heads, ffn_multiple_of=256, dropout=0.0, norm_eps=1e-5,
+                     position_embedding="rope_2d", rope_base=rope_base)
+    try:
+        weights = {_rename(k): v for k, v in state.items()}
+    except KeyError as e:
+        raise ValueError(f"unexpected key {e.args[0]!r} in the LlamaGen GPT checkpoint") from None
+    take(weights, {k: tuple(v.shape) for k, v in prior.state_dict().items()}, f"LlamaGen {model}")
+    prior.load_state_dict(weights, strict=True)
+    return prior.eval()
+

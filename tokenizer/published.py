@@ -1,0 +1,156 @@
+"""Published tokenizers as ordinary `VQTokenizer`s: LlamaGen's VQ-16 / VQ-8 and taming's VQGAN.
+
+Both are taming's encoder/decoder, which lcgen's "vqgan" backbone builds from diffusers' blocks, so a
+conversion is a renaming of keys (and the 1x1-conv attention projections reshaped to linears):
+
+| official                                  | lcgen (diffusers Encoder/Decoder)               |
+|-------------------------------------------|-------------------------------------------------|
+| LlamaGen `conv_blocks.i.res.j`, taming `down.i.block.j` | `down_blocks.i.resnets.j`         |
+| `...attn.j.{norm,q,k,v,proj_out}`         | `...attentions.j.{group_norm,to_q,to_k,to_v,to_out.0}` |
+| `downsample.conv` / `upsample.conv`       | `downsamplers.0.conv` / `upsamplers.0.conv`     |
+| LlamaGen `mid.0/1/2`, taming `mid.block_1/attn_1/block_2` | `mid_block.resnets.0/attentions.0/resnets.1` |
+| `norm_out`, `nin_shortcut`, `quant_conv`  | `conv_norm_out`, `conv_shortcut`, `pre_quant_conv` |
+| `quantize.embedding.weight` (K, D)        | `quantizer.codebook.embed` (1, K, D)            |
+
+Decoder levels: LlamaGen stores them lowest resolution first (as diffusers does); taming stores
+`up.i` by level (highest resolution first), so its `up.i` is `up_blocks.(L-1-i)`.
+LlamaGen places attention in the lowest-resolution level only (`attn_resolutions` = that side) and
+l2-normalises latents and codes; taming uses `attn_resolutions` from its config and plain l2 codes.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from lcgen.official_checkpoints import take
+
+from .model import VQTokenizer
+
+# LlamaGen's VQ_models: encoder/decoder ch_mult; ch 128, 2 res blocks, z 256 in both
+LLAMAGEN_VQ_MODELS = {"VQ-16": (1, 1, 2, 2, 4), "VQ-8": (1, 2, 2, 4)}
+_ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+_MID_LLAMAGEN = {"0": "resnets.0", "1": "attentions.0", "2": "resnets.1"}
+_MID_TAMING = {"block_1": "resnets.0", "attn_1": "attentions.0", "block_2": "resnets.1"}
+
+
+def _rename_block_part(rest: str) -> str:
+    """Inside a resnet or attention block: taming's names -> diffusers'."""
+    head, _, tail = rest.partition(".")
+    if head in _ATTN:
+        return f"{_ATTN[head]}.{tail}"
+    return rest.replace("nin_shortcut", "conv_shortcut")
+
+
+def _rename(key: str, num_levels: int, source: str) -> str:
+    """One official key -> the lcgen key (raises on a name neither layout has)."""
+    top = {"quant_conv": "pre_quant_conv", "post_quant_conv": "post_quant_conv"}
+    first, _, rest = key.partition(".")
+    if first in top:
+        return f"{top[first]}.{rest}"
+    if key == "quantize.embedding.weight":
+        return "quantizer.codebook.embed"
+    if first not in ("encoder", "decoder"):
+        raise KeyError(key)
+    side = first
+    if rest.startswith("norm_out."):
+        return f"{side}.conv_norm_out.{rest[len('norm_out.'):]}"
+    if rest.split(".")[0] in ("conv_in", "conv_out"):
+        return f"{side}.{rest}"
+    mid = re.fullmatch(r"mid\.(\w+?)\.(.+)", rest)
+    if mid:
+        names = _MID_LLAMAGEN if source == "llamagen" else _MID_TAMING
+        return f"{side}.mid_block.{names[mid.group(1)]}.{_rename_block_part(mid.group(2))}"
+    if source == "llamagen":
+        m = re.fullmatch(r"conv_blocks\.(\d+)\.(res|attn|downsample|upsample)\.(.+)", rest)
+    else:
+        m = re.fullmatch(r"(?:down|up)\.(\d+)\.(block|attn|downsample|upsample)\.(.+)", rest)
+    if not m:
+        raise KeyError(key)
+    level, part, tail = int(m.group(1)), m.group(2), m.group(3)
+    if source == "taming" and side == "decoder":
+        level = num_levels - 1 - level
+    blocks = "down_blocks" if side == "encoder" else "up_blocks"
+    if part in ("downsample", "upsample"):
+        return f"{side}.{blocks}.{level}.{part}rs.0.{tail}"
+    group = "resnets" if part in ("res", "block") else "attentions"
+    j, _, inner = tail.partition(".")
+    return f"{side}.{blocks}.{level}.{group}.{j}.{_rename_block_part(inner)}"
+
+
+def convert_state_dict(state: dict[str, torch.Tensor], num_levels: int, source: str) -> dict[str, torch.Tensor]:
+    """Official taming-layout weights (`source` "llamagen" or "taming") -> lcgen `VQTokenizer` names."""
+    out = {}
+    for key, value in state.items():
+        try:
+            new = _rename(key, num_levels, source)
+        except KeyError:
+            raise ValueError(f"unexpected key {key!r} in the {source} checkpoint") from None
+        if re.search(r"\.to_(q|k|v|out\.0)\.weight$", new):
+            value = value.reshape(value.shape[0], value.shape[1])  # 1x1 conv -> linear
+        if new == "quantizer.codebook.embed":
+            value = value[None]  # one codebook group
+        out[new] = value
+    return out
+
+
+def _load_into(model: VQTokenizer, weights: dict[str, torch.Tensor], source: str) -> VQTokenizer:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    take(weights, expected, source)
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
+
+
+def llamagen_vq_config(model: str = "VQ-16", codebook_size: int = 16384, codebook_embed_dim: int = 8,
+                       image_size: int = 256, ch: int = 128, z_channels: int = 256) -> dict:
+    """The `VQTokenizer` config of LlamaGen's `VQ_models[model]` (its `ModelArgs` defaults otherwise)."""
+    if model not in LLAMAGEN_VQ_MODELS:
+        raise ValueError(f"unknown LlamaGen VQ model {model!r}; expected one of {sorted(LLAMAGEN_VQ_MODELS)}")
+    ch_mult = LLAMAGEN_VQ_MODELS[model]
+    factor = 2 ** (len(ch_mult) - 1)
+    if image_size % factor:
+        raise ValueError(f"image_size {image_size} is not divisible by {model}'s downsampling factor {factor}")
+    return dict(backbone="vqgan", in_channels=3, resolution=image_size, ch=ch, ch_mult=ch_mult, num_res_blocks=2,
+                attn_resolutions=(image_size // factor,), z_channels=z_channels, embed_dim=codebook_embed_dim,
+                quantizer_kind="vq", codebook_size=codebook_size,
+                quantizer_options={"normalize": True, "commitment_weight": 0.25, "codebook_weight": 1.0})
+
+
+def tokenizer_from_llamagen(state: dict[str, torch.Tensor], model: str = "VQ-16", image_size: int = 256) -> VQTokenizer:
+    """A LlamaGen VQ state dict (`torch.load(vq_ds16_c2i.pt)["model"]`) -> `VQTokenizer`.
+    K and the code dim come from `quantize.embedding.weight`, the widths (ch 128, z 256 in the published
+    files) from the encoder's first and last convs; the usage ring buffer is dropped."""
+    state = {k: v for k, v in state.items() if k != "quantize.codebook_used"}
+    for need in ("quantize.embedding.weight", "encoder.conv_in.weight", "encoder.conv_out.weight"):
+        if need not in state:
+            raise ValueError(f"not a LlamaGen VQ checkpoint: no {need}")
+    k, d = state["quantize.embedding.weight"].shape
+    config = llamagen_vq_config(model, k, d, image_size, ch=state["encoder.conv_in.weight"].shape[0],
+                                z_channels=state["encoder.conv_out.weight"].shape[0])
+    tok = VQTokenizer(**config)
+    return _load_into(tok, convert_state_dict(state, len(config["ch_mult"]), "llamagen"), f"LlamaGen {model}")
+
+
+def taming_config(ddconfig: dict, n_embed: int, embed_dim: int) -> dict:
+    """The `VQTokenizer` config of taming's `VQModel(ddconfig, n_embed, embed_dim)` (its model.yaml params)."""
+    need = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "resolution", "in_ch", "out_ch")
+    missing = [k for k in need if k not in ddconfig]
+    if missing:
+        raise ValueError(f"taming ddconfig lacks {missing}")
+    if ddconfig["in_ch"] != ddconfig["out_ch"] or ddconfig.get("double_z", False):
+        raise ValueError("only taming VQ models with in_ch == out_ch and double_z false convert")
+    if float(ddconfig.get("dropout", 0.0)) != 0.0:
+        raise ValueError("taming checkpoints trained with dropout > 0 are not supported (lcgen's blocks have none)")
+    return dict(backbone="vqgan", in_channels=ddconfig["in_ch"], resolution=ddconfig["resolution"], ch=ddconfig["ch"],
+                ch_mult=tuple(ddconfig["ch_mult"]), num_res_blocks=ddconfig["num_res_blocks"],
+                attn_resolutions=tuple(ddconfig["attn_resolutions"]), z_channels=ddconfig["z_channels"],
+                embed_dim=embed_dim, quantizer_kind="vq", codebook_size=n_embed,
+                quantizer_options={"commitment_weight": 0.25, "codebook_weight": 1.0})
+
+
+def tokenizer_from_taming(state: dict[str, torch.Tensor], ddconfig: dict, n_embed: int, embed_dim: int) -> VQTokenizer:
+    """A taming `VQModel` state dict (Lightning `state_dict`, loss/discriminator weights dropped) -> `VQTokenizer`."""
+    state = {k: v for k, v in state.items() if not k.startswith("loss.")}
+    config = taming_config(ddconfig, n_embed, embed_dim)
+    tok = VQTokenizer(**config)
+    return _load_into(tok, convert_state_dict(state, len(config["ch_mult"]), "taming"), "taming VQGAN")
