@@ -12,6 +12,8 @@ import sys
 import torch
 from torchvision.utils import save_image
 
+from lcgen.convert import SOURCES as CONVERT_SOURCES
+from lcgen.convert import convert
 from lcgen.demo import format_report, run_demo
 from lcgen.eval.classifier import train_classifier
 from lcgen.eval.evaluate import main as evaluate_main
@@ -120,6 +122,14 @@ def cmd_init_codebook(args):
           f"({meta['skipped_images']} skipped)")
 
 
+def cmd_convert(args):
+    out = convert(args.source, args.checkpoint, args.output, config=args.config, codebook=args.codebook,
+                  tokenizer=args.tokenizer,
+                  model=args.model, image_size=args.image_size, num_heads=args.num_heads, overwrite=args.overwrite,
+                  push_to_hub=args.push_to_hub)
+    print(out)
+
+
 def _forwarding(sub, name: str, func, help: str) -> None:
     """A subcommand whose arguments (and -h) go to its module's own parser."""
     f = sub.add_parser(name, help=help, add_help=False)
@@ -211,6 +221,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", default=None)
     b.set_defaults(func=cmd_benchmark_search)
 
+    v = sub.add_parser("convert", help="a published checkpoint (VQGAN-LC, LlamaGen VQ/GPT, taming) -> an lcgen folder",
+                       description="vqgan-lc: vqgan-lc-100K-f16-dim8.pth + --codebook codebook-100K.pth + --config "
+                                   "f16|f8 -> a VQTokenizer folder; llamagen-vq: vq_ds16_c2i.pt / vq_ds8_c2i.pt -> a VQTokenizer folder; "
+                                   "llamagen-gpt: c2i_B_256.pt ... + --tokenizer (a converted VQ) -> a VQGPTPipeline "
+                                   "folder; taming: last.ckpt + --config model.yaml -> a VQTokenizer folder. Files are "
+                                   "opened weights-only; the folder is written atomically.")
+    v.add_argument("source", choices=CONVERT_SOURCES)
+    v.add_argument("--checkpoint", required=True, help="the official .pt / .ckpt file")
+    v.add_argument("--output", required=True, help="the folder to write")
+    v.add_argument("--config", default=None, help="vqgan-lc: f16 (default) or f8; taming: the checkpoint's model.yaml")
+    v.add_argument("--codebook", default=None, help="vqgan-lc: the frozen codebook file (codebook-100K.pth), when "
+                                                    "the checkpoint does not hold tok_embeddings.weight")
+    v.add_argument("--tokenizer", default=None, help="llamagen-gpt: a converted LlamaGen VQ folder")
+    v.add_argument("--model", default=None, help="VQ-16 | VQ-8, or GPT-B ... GPT-XXXL (default: from the file name)")
+    v.add_argument("--image-size", type=int, default=None, help="default: from the file name (c2i_B_384 -> 384), else 256")
+    v.add_argument("--num-heads", type=int, default=None, help="llamagen-gpt: heads, for a width not in GPT_models")
+    v.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    v.add_argument("--push_to_hub", "--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repo")
+    v.set_defaults(func=cmd_convert)
+
     c = sub.add_parser("init-codebook", help="VQGAN-LC frozen codebook: k-means over CLIP patch features")
     c.add_argument("--encoder", default="openai/clip-vit-large-patch14",
                    help="local path or Hub id of a transformers CLIP vision model")
@@ -234,7 +264,7 @@ def main(argv=None):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)
-    except (ValueError, TypeError) as e:  # bad input: one clear line, no traceback
+    except (ValueError, TypeError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
         raise SystemExit(f"lcgen {args.command}: error: {e}")
 
 

@@ -1,12 +1,23 @@
 """`VQGPTPipeline`: class -> indices (GPT prior, KV cache, batched classifier-free guidance) -> tokenizer decoder."""
 from __future__ import annotations
 
-import torch
+import os
+import re
 
+import torch
+from huggingface_hub import hf_hub_download
+
+from lcgen.official_checkpoints import load_state_dict
 from lcgen.priors.gpt import GPTPrior
+from lcgen.priors.published import gpt_from_llamagen, parse_llamagen_name
 from lcgen.tokenizer.model import VQTokenizer
+from lcgen.tokenizer.published import tokenizer_from_llamagen
 
 from .base import LCGenPipeline
+from .imagenet import imagenet_id2label
+
+# LlamaGen's autoregressive/sample/sample_c2i.py defaults
+LLAMAGEN_SAMPLING = dict(guidance_scale=4.0, temperature=1.0, top_k=2000, top_p=1.0)
 
 
 class VQGPTPipeline(LCGenPipeline):
@@ -77,3 +88,58 @@ class VQGPTPipeline(LCGenPipeline):
             generator=generator, progress=self.progress_bar)
         images = self.vqvae.decode_indices(indices.to(self.vqvae.device))
         return self._output(images, output_type, return_dict)
+
+    @classmethod
+    def from_llamagen(cls, repo_id_or_path: str = "FoundationVision/LlamaGen", gpt: str = "c2i_B_256.pt",
+                      vq: str = "vq_ds16_c2i.pt", model: str | None = None, image_size: int | None = None,
+                      vq_model: str | None = None, num_heads: int | None = None, revision: str | None = None,
+                      cache_dir: str | None = None, **sampling) -> "VQGPTPipeline":
+        """LlamaGen's published class-conditional GPT and VQ tokenizer as one pipeline.
+
+        `repo_id_or_path` is a local folder holding `gpt` and `vq`, or a Hub repo they are downloaded
+        from with `huggingface_hub` (its cache, so HF_HUB_OFFLINE=1 uses files fetched before). The GPT
+        size and image size come from the file name (`c2i_L_384.pt` -> GPT-L at 384 px) unless given;
+        the VQ model from `vq` (`vq_ds8_*` -> VQ-8, else VQ-16). Sampling defaults are LlamaGen's
+        sample_c2i.py (guidance 4.0 on logits, top-k 2000, temperature 1.0); override with keyword
+        arguments (guidance_scale, temperature, top_k, top_p).
+        """
+        model, image_size = _llamagen_settings(gpt, model, image_size, sampling)
+        vq_model = vq_model or ("VQ-8" if re.search(r"ds8", os.path.basename(vq)) else "VQ-16")
+
+        def fetch(filename):
+            if os.path.isdir(repo_id_or_path):
+                path = os.path.join(repo_id_or_path, filename)
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"{filename} not found in {repo_id_or_path}")
+                return path
+            return hf_hub_download(repo_id_or_path, filename, revision=revision, cache_dir=cache_dir)
+
+        tokenizer = tokenizer_from_llamagen(load_state_dict(fetch(vq)), vq_model, image_size)
+        return cls.from_llamagen_gpt(tokenizer, fetch(gpt), model, image_size, num_heads,
+                                     source=f"LlamaGen ({repo_id_or_path}: {gpt}, {vq})", **sampling)
+
+    @classmethod
+    def from_llamagen_gpt(cls, tokenizer: VQTokenizer, checkpoint: str, model: str | None = None,
+                          image_size: int | None = None, num_heads: int | None = None, source: str | None = None,
+                          **sampling) -> "VQGPTPipeline":
+        """A LlamaGen c2i GPT checkpoint file on top of an lcgen tokenizer (e.g. a converted LlamaGen VQ);
+        model / image size from the file name unless given, LlamaGen's sampling defaults."""
+        model, image_size = _llamagen_settings(checkpoint, model, image_size, sampling)
+        prior = gpt_from_llamagen(load_state_dict(checkpoint), model if num_heads is None else None, image_size,
+                                  tokenizer.downsample_factor, num_heads=num_heads)
+        id2label = imagenet_id2label() if prior.config.num_classes == 1000 else None
+        info = {"source": source or f"LlamaGen ({os.path.basename(checkpoint)})",
+                "dataset": "ImageNet" if id2label else None, "model": f"{model} at {image_size} px",
+                "sampling_protocol": "LlamaGen autoregressive/sample/sample_c2i.py defaults"}
+        return cls(tokenizer, prior, id2label=id2label, info=info, **{**LLAMAGEN_SAMPLING, **sampling})
+
+
+def _llamagen_settings(gpt_file: str, model, image_size, sampling: dict) -> tuple[str, int]:
+    """Check the sampling overrides; the GPT size and image size from the file name where not given."""
+    unknown = sorted(set(sampling) - set(LLAMAGEN_SAMPLING))
+    if unknown:
+        raise TypeError(f"unexpected argument(s) {unknown}; sampling settings are {sorted(LLAMAGEN_SAMPLING)}")
+    if model is None or image_size is None:
+        parsed_model, parsed_size = parse_llamagen_name(os.path.basename(gpt_file))
+        model, image_size = model or parsed_model, image_size or parsed_size
+    return model, image_size

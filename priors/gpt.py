@@ -5,7 +5,7 @@ its null id `num_classes`, a zero-initialised untied head), written by hand as a
 `ModelMixin` so a pipeline saves it: `transformers.LlamaForCausalLM` was measured slower to sample
 (benchmarks/gpt_sampling.py: its classifier-free guidance runs a second, unbatched forward pass) and
 puts the class in the vocabulary. Positions are learned absolute embeddings (VQGAN-LC's minGPT) or
-LlamaGen's 2-D rotary embedding (`position_embedding="rope_2d"`), which converted LlamaGen checkpoints use.
+LlamaGen's 2-D rotary embedding (`position_scheme="rope_2d"`), which converted LlamaGen checkpoints use.
 
 Grids with m indices per position (LooC, PQ: (h, w, m)) are modelled with m output heads over the
 shared K-way vocabulary: one sequence step per *position* (not per index), the m indices of the
@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .sampling import guide, sample_tokens
 
-# named sizes: (layers, heads, width). B/L/XL/XXL/XXXL as LlamaGen; T and S are small CPU sizes.
+# named sizes: (layers, heads, width). B/L/XL/XXL/XXXL/3B as LlamaGen; T and S are small CPU sizes.
 GPT_SIZES = {
     "GPT-T": (4, 4, 128),
     "GPT-S": (8, 8, 256),
@@ -33,10 +33,11 @@ GPT_SIZES = {
     "GPT-XL": (36, 20, 1280),
     "GPT-XXL": (48, 24, 1536),
     "GPT-XXXL": (48, 40, 2560),
+    "GPT-3B": (24, 32, 3200),
 }
 
 
-POSITION_EMBEDDINGS = ("learned", "rope_2d")
+POSITION_SCHEMES = ("learned", "rope_2d")
 
 
 def _find_multiple(n: int, k: int) -> int:
@@ -123,7 +124,7 @@ class GPTPrior(ModelMixin, ConfigMixin):
         ffn_multiple_of: SwiGLU hidden = round_up(8/3 * hidden_size, ffn_multiple_of) (LlamaGen: 256).
         dropout: residual / attention dropout (LlamaGen: 0.1).
         norm_eps: RMSNorm epsilon (LlamaGen: 1e-5).
-        position_embedding: "learned" (absolute, one vector per position) or "rope_2d" (LlamaGen's
+        position_scheme: "learned" (absolute embeddings, one vector per position) or "rope_2d" (LlamaGen's
             2-D rotary embedding of queries and keys, see `rope_2d_table`); rope_base: its base.
     """
 
@@ -131,10 +132,10 @@ class GPTPrior(ModelMixin, ConfigMixin):
     def __init__(self, codebook_size: int = 16384, grid_height: int = 16, grid_width: int = 16,
                  tokens_per_position: int = 1, num_classes: int = 1000, hidden_size: int = 768,
                  num_layers: int = 12, num_heads: int = 12, ffn_multiple_of: int = 256, dropout: float = 0.0,
-                 norm_eps: float = 1e-5, position_embedding: str = "learned", rope_base: float = 10000.0):
+                 norm_eps: float = 1e-5, position_scheme: str = "learned", rope_base: float = 10000.0):
         super().__init__()
-        if position_embedding not in POSITION_EMBEDDINGS:
-            raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, got {position_embedding!r}")
+        if position_scheme not in POSITION_SCHEMES:
+            raise ValueError(f"position_scheme must be one of {POSITION_SCHEMES}, got {position_scheme!r}")
         for name, v in (("codebook_size", codebook_size), ("grid_height", grid_height), ("grid_width", grid_width),
                         ("tokens_per_position", tokens_per_position), ("num_layers", num_layers)):
             if v <= 0:
@@ -148,7 +149,7 @@ class GPTPrior(ModelMixin, ConfigMixin):
         self.class_embedding = nn.Embedding(num_classes + 1, hidden_size)  # row num_classes = null
         self.token_embedding = nn.Embedding(m * k, hidden_size)  # slot j of a position uses rows [j*K, (j+1)*K)
         self.register_buffer("slot_offset", torch.arange(m) * k, persistent=False)
-        if position_embedding == "learned":
+        if position_scheme == "learned":
             self.position_embedding = nn.Parameter(torch.zeros(1, self.seq_len, hidden_size))
         else:
             self.position_embedding = None

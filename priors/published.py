@@ -1,6 +1,6 @@
 """Published priors as ordinary lcgen models: LlamaGen's class-conditional GPTs -> `GPTPrior`.
 
-LlamaGen's c2i `Transformer` is lcgen's `GPTPrior` with `position_embedding="rope_2d"`: the same
+LlamaGen's c2i `Transformer` is lcgen's `GPTPrior` with `position_scheme="rope_2d"`: the same
 RMSNorm / SwiGLU / bias-free blocks, the class embedding table with its null row `num_classes` as the
 first sequence step (`cls_token_num` 1), a fused `wqkv` in (q, k, v) order and an untied head. Keys:
 
@@ -23,8 +23,8 @@ from lcgen.official_checkpoints import take
 
 from .gpt import GPT_SIZES, GPTPrior
 
-# LlamaGen's GPT_models that ship class-conditional checkpoints (c2i_{B,L,XL,XXL,XXXL}_{256,384}.pt)
-LLAMAGEN_GPT_MODELS = ("GPT-B", "GPT-L", "GPT-XL", "GPT-XXL", "GPT-XXXL")
+# LlamaGen's GPT_models with class-conditional checkpoints (c2i_B_256.pt ... c2i_XXL_384.pt, c2i_3B_384.pt)
+LLAMAGEN_GPT_MODELS = ("GPT-B", "GPT-L", "GPT-XL", "GPT-XXL", "GPT-XXXL", "GPT-3B")
 _LAYER = {"attention.wqkv": "attn.qkv", "attention.wo": "attn.proj", "feed_forward.w1": "ffn.w1",
           "feed_forward.w2": "ffn.w2", "feed_forward.w3": "ffn.w3", "attention_norm": "attn_norm",
           "ffn_norm": "ffn_norm"}
@@ -44,7 +44,7 @@ def _rename(key: str) -> str:
 
 def parse_llamagen_name(filename: str) -> tuple[str, int]:
     """`c2i_L_384.pt` -> ("GPT-L", 384): the model and image size LlamaGen's file names carry."""
-    m = re.search(r"c2i_(B|L|XL|XXL|XXXL)_(\d+)", filename)
+    m = re.search(r"c2i_(B|L|XL|XXL|XXXL|3B)_(\d+)", filename)
     if not m:
         raise ValueError(f"cannot read the model and image size from {filename!r} (expected c2i_<size>_<res>.pt); "
                          f"pass them explicitly")
@@ -84,7 +84,7 @@ def gpt_from_llamagen(state: dict[str, torch.Tensor], model: str | None = "GPT-B
     prior = GPTPrior(codebook_size=vocab, grid_height=grid, grid_width=grid, tokens_per_position=1,
                      num_classes=state["cls_embedding.embedding_table.weight"].shape[0] - 1, hidden_size=dim,
                      num_layers=layers, num_heads=num_heads, ffn_multiple_of=256, dropout=0.0, norm_eps=1e-5,
-                     position_embedding="rope_2d", rope_base=rope_base)
+                     position_scheme="rope_2d", rope_base=rope_base)
     try:
         weights = {_rename(k): v for k, v in state.items()}
     except KeyError as e:

@@ -9,10 +9,11 @@ from lcgen.priors.sampling import filter_logits, sample_tokens
 from tiny import randomize
 
 
-def make(m=1, k=17, classes=5):
+def make(m=1, k=17, classes=5, position_scheme="learned"):
     torch.manual_seed(0)
     return randomize(GPTPrior(codebook_size=k, grid_height=3, grid_width=4, tokens_per_position=m, num_classes=classes,
-                              hidden_size=32, num_layers=2, num_heads=4, ffn_multiple_of=16)).eval()
+                              hidden_size=32, num_layers=2, num_heads=4, ffn_multiple_of=16,
+                              position_scheme=position_scheme)).eval()
 
 
 @pytest.mark.parametrize("m", [1, 3])
@@ -51,9 +52,10 @@ def naive_generate(model, labels, scale):
     return out.reshape(b, 3, 4, m) if m > 1 else out.reshape(b, 3, 4)
 
 
-@pytest.mark.parametrize("m,scale", [(1, 1.0), (1, 3.0), (3, 2.0)])
-def test_kv_cache_generation_matches_full_recompute(m, scale):
-    model = make(m)
+@pytest.mark.parametrize("m,scale,positions", [(1, 1.0, "learned"), (1, 3.0, "learned"), (3, 2.0, "learned"),
+                                              (1, 3.0, "rope_2d"), (3, 1.0, "rope_2d")])
+def test_kv_cache_generation_matches_full_recompute(m, scale, positions):
+    model = make(m, position_scheme=positions)
     labels = torch.tensor([0, 4, 2])
     fast = model.generate(labels, guidance_scale=scale, temperature=0)
     torch.testing.assert_close(fast, naive_generate(model, labels, scale), rtol=0, atol=0)

@@ -19,7 +19,7 @@ LAYERS = {
     "lcgen.tokenizer": TOKENIZER, "lcgen.tokenizer.train": RUNNERS, "lcgen.tokenizer.codebook_init": RUNNERS,
     "lcgen.priors": PRIORS, "lcgen.priors.train": RUNNERS, "lcgen.priors.extract": RUNNERS,
     "lcgen.pipelines": PIPELINES,
-    "lcgen.cli": RUNNERS, "lcgen.demo": RUNNERS,
+    "lcgen.cli": RUNNERS, "lcgen.demo": RUNNERS, "lcgen.convert": RUNNERS, "lcgen.official_checkpoints": FOUNDATIONS,
 }
 OLD_NAMES = {"tokenizer", "priors", "pipelines", "eval", "lcgen_cli", "lcgen_demo"}
 

@@ -1,4 +1,5 @@
-"""Published tokenizers as ordinary `VQTokenizer`s: LlamaGen's VQ-16 / VQ-8 and taming's VQGAN.
+"""Published tokenizers as ordinary `VQTokenizer`s: LlamaGen's VQ-16 / VQ-8, taming's VQGAN and
+VQGAN-LC's 100K-code f16 / f8 tokenizers.
 
 Both are taming's encoder/decoder, which lcgen's "vqgan" backbone builds from diffusers' blocks, so a
 conversion is a renaming of keys (and the 1x1-conv attention projections reshaped to linears):
@@ -11,6 +12,8 @@ conversion is a renaming of keys (and the 1x1-conv attention projections reshape
 | LlamaGen `mid.0/1/2`, taming `mid.block_1/attn_1/block_2` | `mid_block.resnets.0/attentions.0/resnets.1` |
 | `norm_out`, `nin_shortcut`, `quant_conv`  | `conv_norm_out`, `conv_shortcut`, `pre_quant_conv` |
 | `quantize.embedding.weight` (K, D)        | `quantizer.codebook.embed` (1, K, D)            |
+| VQGAN-LC `tok_embeddings.weight` (K, 768) | `quantizer.codebook.frozen` (the frozen initial codebook) |
+| VQGAN-LC `codebook_projection` (Linear)   | `quantizer.codebook.projector`                  |
 
 Decoder levels: LlamaGen stores them lowest resolution first (as diffusers does); taming stores
 `up.i` by level (highest resolution first), so its `up.i` is `up_blocks.(L-1-i)`.
@@ -44,12 +47,15 @@ def _rename_block_part(rest: str) -> str:
 
 def _rename(key: str, num_levels: int, source: str) -> str:
     """One official key -> the lcgen key (raises on a name neither layout has)."""
-    top = {"quant_conv": "pre_quant_conv", "post_quant_conv": "post_quant_conv"}
+    top = {"quant_conv": "pre_quant_conv", "post_quant_conv": "post_quant_conv",
+           "codebook_projection": "quantizer.codebook.projector"}
     first, _, rest = key.partition(".")
     if first in top:
         return f"{top[first]}.{rest}"
     if key == "quantize.embedding.weight":
         return "quantizer.codebook.embed"
+    if key == "tok_embeddings.weight":
+        return "quantizer.codebook.frozen"
     if first not in ("encoder", "decoder"):
         raise KeyError(key)
     side = first
@@ -88,8 +94,8 @@ def convert_state_dict(state: dict[str, torch.Tensor], num_levels: int, source: 
             raise ValueError(f"unexpected key {key!r} in the {source} checkpoint") from None
         if re.search(r"\.to_(q|k|v|out\.0)\.weight$", new):
             value = value.reshape(value.shape[0], value.shape[1])  # 1x1 conv -> linear
-        if new == "quantizer.codebook.embed":
-            value = value[None]  # one codebook group
+        if new == "quantizer.codebook.embed":  # (K, D) -> (1, K, D)
+            value = value[None]
         out[new] = value
     return out
 
@@ -133,15 +139,15 @@ def tokenizer_from_llamagen(state: dict[str, torch.Tensor], model: str = "VQ-16"
 
 def taming_config(ddconfig: dict, n_embed: int, embed_dim: int) -> dict:
     """The `VQTokenizer` config of taming's `VQModel(ddconfig, n_embed, embed_dim)` (its model.yaml params)."""
-    need = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "resolution", "in_ch", "out_ch")
+    need = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "resolution", "in_channels", "out_ch")
     missing = [k for k in need if k not in ddconfig]
     if missing:
         raise ValueError(f"taming ddconfig lacks {missing}")
-    if ddconfig["in_ch"] != ddconfig["out_ch"] or ddconfig.get("double_z", False):
-        raise ValueError("only taming VQ models with in_ch == out_ch and double_z false convert")
+    if ddconfig["in_channels"] != ddconfig["out_ch"] or ddconfig.get("double_z", False):
+        raise ValueError("only taming VQ models with in_channels == out_ch and double_z false convert")
     if float(ddconfig.get("dropout", 0.0)) != 0.0:
         raise ValueError("taming checkpoints trained with dropout > 0 are not supported (lcgen's blocks have none)")
-    return dict(backbone="vqgan", in_channels=ddconfig["in_ch"], resolution=ddconfig["resolution"], ch=ddconfig["ch"],
+    return dict(backbone="vqgan", in_channels=ddconfig["in_channels"], resolution=ddconfig["resolution"], ch=ddconfig["ch"],
                 ch_mult=tuple(ddconfig["ch_mult"]), num_res_blocks=ddconfig["num_res_blocks"],
                 attn_resolutions=tuple(ddconfig["attn_resolutions"]), z_channels=ddconfig["z_channels"],
                 embed_dim=embed_dim, quantizer_kind="vq", codebook_size=n_embed,
@@ -154,3 +160,44 @@ def tokenizer_from_taming(state: dict[str, torch.Tensor], ddconfig: dict, n_embe
     config = taming_config(ddconfig, n_embed, embed_dim)
     tok = VQTokenizer(**config)
     return _load_into(tok, convert_state_dict(state, len(config["ch_mult"]), "taming"), "taming VQGAN")
+
+
+# VQGAN-LC's vqgan_configs/vq-f16.yaml and vq-f8.yaml (its runs set embed_dim 8 by argument, use_cblinear 1)
+VQGAN_LC_DDCONFIGS = {
+    "f16": dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 1, 2, 2, 4],
+                num_res_blocks=2, attn_resolutions=[16], dropout=0.0),
+    # attn_resolutions [16] matches no level of the f8 encoder (256..32 px): attention in the mid blocks only
+    "f8": dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 2, 4],
+               num_res_blocks=2, attn_resolutions=[16], dropout=0.0),
+}
+# VQGAN-LC's training-only modules, not part of the tokenizer
+_VQGAN_LC_DROPPED = ("discriminator.", "perceptual_loss.")
+
+
+def tokenizer_from_vqgan_lc(state: dict[str, torch.Tensor], config: str = "f16",
+                            codebook: torch.Tensor | None = None) -> VQTokenizer:
+    """A VQGAN-LC tokenizer state dict (`torch.load(vqgan-lc-100K-f16-dim8.pth)["state_dict"]`) -> `VQTokenizer`
+    with the "lc" quantizer: the frozen codebook (K, 768) projected by the trained linear layer, l2 search.
+
+    The frozen codebook is `tok_embeddings.weight` when the checkpoint holds it, else `codebook` (the
+    released `codebook-100K.pth` tensor); the discriminator and LPIPS weights are dropped."""
+    if config not in VQGAN_LC_DDCONFIGS:
+        raise ValueError(f"unknown VQGAN-LC config {config!r}; expected one of {sorted(VQGAN_LC_DDCONFIGS)}")
+    state = {k: v for k, v in state.items() if not k.startswith(_VQGAN_LC_DROPPED)}
+    if "codebook_projection.weight" not in state:
+        raise ValueError("not a VQGAN-LC use_cblinear=1 checkpoint: no codebook_projection.weight "
+                         "(MLP projectors, use_cblinear=2, are not supported)")
+    if "tok_embeddings.weight" not in state:
+        if codebook is None:
+            raise ValueError("the checkpoint has no tok_embeddings.weight: pass the frozen codebook file (--codebook)")
+        state["tok_embeddings.weight"] = codebook
+    frozen = state["tok_embeddings.weight"].float()
+    if frozen.ndim != 2 or frozen.shape[1] != state["codebook_projection.weight"].shape[1]:
+        raise ValueError(f"codebook {tuple(frozen.shape)} does not fit the projector "
+                         f"{tuple(state['codebook_projection.weight'].shape)}")
+    ddconfig = VQGAN_LC_DDCONFIGS[config]
+    embed_dim = state["codebook_projection.weight"].shape[0]
+    tok = VQTokenizer(**{**taming_config(ddconfig, frozen.shape[0], embed_dim), "quantizer_kind": "lc",
+                         "quantizer_options": None}, init_codebook=frozen)
+    state["tok_embeddings.weight"] = frozen
+    return _load_into(tok, convert_state_dict(state, len(ddconfig["ch_mult"]), "taming"), f"VQGAN-LC {config}")

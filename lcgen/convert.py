@@ -1,0 +1,119 @@
+"""`lcgen convert <source>`: a published checkpoint -> an lcgen folder (`VQTokenizer.from_pretrained` or
+a pipeline `DiffusionPipeline.from_pretrained` loads), optionally pushed to the Hub.
+
+The key maps live beside the models they fill (`lcgen.tokenizer.published`, `lcgen.priors.published`);
+this module reads the files, refuses a bad call before any work, and writes the folder atomically: into
+a temporary sibling first, renamed into place when complete, so an interrupted conversion never leaves
+a half-written folder under the final name.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+
+import torch
+import yaml
+
+from lcgen.official_checkpoints import load_checkpoint, load_state_dict
+from lcgen.pipelines import VQGPTPipeline
+from lcgen.tokenizer import VQTokenizer
+from lcgen.tokenizer.published import (LLAMAGEN_VQ_MODELS, VQGAN_LC_DDCONFIGS, tokenizer_from_llamagen,
+                                       tokenizer_from_taming, tokenizer_from_vqgan_lc)
+
+logger = logging.getLogger(__name__)
+SOURCES = ("vqgan-lc", "llamagen-vq", "llamagen-gpt", "taming")
+
+
+def check_output(output: str, overwrite: bool) -> str:
+    """The absolute output folder; refuses a file, or a non-empty folder without overwrite."""
+    if not isinstance(output, str) or not output:
+        raise ValueError(f"--output must be a folder path, got {output!r}")
+    output = os.path.abspath(output)
+    if os.path.isfile(output):
+        raise ValueError(f"--output {output} is a file, not a folder")
+    if os.path.isdir(output) and os.listdir(output) and not overwrite:
+        raise ValueError(f"--output {output} exists and is not empty (pass --overwrite to replace it)")
+    parent = os.path.dirname(output)
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"the parent folder of --output does not exist: {parent}")
+    return output
+
+
+def _check_file(name: str, path: str) -> None:
+    if not isinstance(path, str) or not os.path.isfile(path):
+        raise FileNotFoundError(f"{name} not found: {path}")
+
+
+def save_atomically(model, output: str) -> str:
+    """`model.save_pretrained` into a temporary sibling of `output`, then rename it into place."""
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=os.path.dirname(output))
+    try:
+        model.save_pretrained(tmp)
+        if os.path.isdir(output):
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output
+
+
+def llamagen_vq_model(checkpoint: str, model: str | None) -> str:
+    """VQ-8 for LlamaGen's `vq_ds8_*` files, VQ-16 otherwise, unless given."""
+    if model is not None:
+        if model not in LLAMAGEN_VQ_MODELS:
+            raise ValueError(f"unknown LlamaGen VQ model {model!r}; expected one of {sorted(LLAMAGEN_VQ_MODELS)}")
+        return model
+    return "VQ-8" if re.search(r"ds8", os.path.basename(checkpoint)) else "VQ-16"
+
+
+def convert(source: str, checkpoint: str, output: str, *, config: str | None = None, codebook: str | None = None,
+            tokenizer: str | None = None,
+            model: str | None = None, image_size: int | None = None, num_heads: int | None = None,
+            overwrite: bool = False, push_to_hub: str | None = None) -> str:
+    """Convert one published checkpoint; returns the output folder. See `lcgen convert -h`."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+    _check_file("--checkpoint", checkpoint)
+    output = check_output(output, overwrite)
+    if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
+        raise ValueError(f"--image-size must be a positive int, got {image_size!r}")
+    if source == "vqgan-lc":
+        config = config or "f16"
+        if config not in VQGAN_LC_DDCONFIGS:
+            raise ValueError(f"lcgen convert vqgan-lc: --config must be one of {sorted(VQGAN_LC_DDCONFIGS)}, got {config!r}")
+        if codebook is not None:
+            _check_file("--codebook", codebook)
+        frozen = None if codebook is None else load_checkpoint(codebook)
+        if frozen is not None and not isinstance(frozen, torch.Tensor):
+            raise ValueError(f"--codebook {codebook} does not hold a (K, D) tensor")
+        result = tokenizer_from_vqgan_lc(load_state_dict(checkpoint, prefer=("state_dict", "model")), config, frozen)
+    elif source == "taming":
+        if config is None:
+            raise ValueError("lcgen convert taming needs --config (the checkpoint's model.yaml)")
+        _check_file("--config", config)
+        with open(config) as f:
+            params = (yaml.safe_load(f) or {}).get("model", {}).get("params", {})
+        if not {"ddconfig", "n_embed", "embed_dim"} <= set(params):
+            raise ValueError(f"{config} is not a taming VQModel config (model.params needs ddconfig, n_embed, embed_dim)")
+        result = tokenizer_from_taming(load_state_dict(checkpoint, prefer=("state_dict",)), params["ddconfig"],
+                                       params["n_embed"], params["embed_dim"])
+    elif source == "llamagen-vq":
+        result = tokenizer_from_llamagen(load_state_dict(checkpoint), llamagen_vq_model(checkpoint, model),
+                                         image_size or 256)
+    else:
+        if tokenizer is None:
+            raise ValueError("lcgen convert llamagen-gpt needs --tokenizer (a converted LlamaGen VQ folder)")
+        if not os.path.isfile(os.path.join(str(tokenizer), "config.json")):
+            raise FileNotFoundError(f"--tokenizer {tokenizer} is not a saved VQTokenizer folder (no config.json)")
+        result = VQGPTPipeline.from_llamagen_gpt(VQTokenizer.from_pretrained(tokenizer), checkpoint, model, image_size,
+                                                 num_heads, source=f"LlamaGen ({os.path.basename(checkpoint)})")
+    save_atomically(result, output)
+    logger.info(f"converted {source} checkpoint {checkpoint} -> {output}")
+    if push_to_hub:
+        result.push_to_hub(push_to_hub)
+        logger.info(f"pushed {output} to the Hub as {push_to_hub}")
+    return output

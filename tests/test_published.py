@@ -1,0 +1,403 @@
+"""Published checkpoints through lcgen: synthetic files with the official key names and shapes (random
+values made here, laid out as LlamaGen's and taming's modules name them) convert into ordinary lcgen
+models whose blocks compute the official formulas, written out below by hand. Parity on the official
+code itself is measured outside the suite (README "Published models")."""
+import argparse
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lcgen.official_checkpoints import load_checkpoint, load_state_dict
+from lcgen.pipelines import VQGPTPipeline
+from lcgen.priors.gpt import apply_rope, rope_2d_table
+from lcgen.priors.published import gpt_from_llamagen, parse_llamagen_name
+from lcgen.tokenizer.published import tokenizer_from_llamagen, tokenizer_from_taming
+
+
+# ---------------------------------------------------------------- synthetic official checkpoints
+class _Weights:
+    """Random tensors under official names (norm gains near 1, everything else small)."""
+
+    def __init__(self, seed=0):
+        self.g, self.s = torch.Generator().manual_seed(seed), {}
+
+    def t(self, *shape, scale=0.1, offset=0.0):
+        return offset + scale * torch.randn(*shape, generator=self.g)
+
+    def conv(self, name, cin, cout, k):
+        self.s[f"{name}.weight"], self.s[f"{name}.bias"] = self.t(cout, cin, k, k, scale=1 / math.sqrt(cin * k * k)), self.t(cout)
+
+    def norm(self, name, c):
+        self.s[f"{name}.weight"], self.s[f"{name}.bias"] = self.t(c, offset=1.0), self.t(c)
+
+    def resnet(self, name, cin, cout):
+        self.norm(f"{name}.norm1", cin)
+        self.conv(f"{name}.conv1", cin, cout, 3)
+        self.norm(f"{name}.norm2", cout)
+        self.conv(f"{name}.conv2", cout, cout, 3)
+        if cin != cout:
+            self.conv(f"{name}.nin_shortcut", cin, cout, 1)
+
+    def attn(self, name, c):
+        self.norm(f"{name}.norm", c)
+        for p in ("q", "k", "v", "proj_out"):
+            self.conv(f"{name}.{p}", c, c, 1)
+
+
+def llamagen_vq_state(ch=32, ch_mult=(1, 1, 2, 2, 4), z=64, embed_dim=8, k=64, blocks=2):
+    """LlamaGen's VQModel layout: conv_blocks.i.{res,attn,downsample|upsample}, attention in the
+    lowest-resolution level only, mid.0/1/2, the decoder's levels lowest resolution first."""
+    w, last = _Weights(), len(ch_mult) - 1
+    w.conv("encoder.conv_in", 3, ch, 3)
+    cin = ch
+    for i, m in enumerate(ch_mult):
+        for j in range(blocks):
+            w.resnet(f"encoder.conv_blocks.{i}.res.{j}", cin, ch * m)
+            cin = ch * m
+            if i == last:
+                w.attn(f"encoder.conv_blocks.{i}.attn.{j}", cin)
+        if i != last:
+            w.conv(f"encoder.conv_blocks.{i}.downsample.conv", cin, cin, 3)
+    for side in ("encoder", "decoder"):
+        if side == "decoder":
+            w.conv("decoder.conv_in", z, cin, 3)
+        w.resnet(f"{side}.mid.0", cin, cin)
+        w.attn(f"{side}.mid.1", cin)
+        w.resnet(f"{side}.mid.2", cin, cin)
+        if side == "encoder":
+            w.norm("encoder.norm_out", cin)
+            w.conv("encoder.conv_out", cin, z, 3)
+    for n, i in enumerate(reversed(range(len(ch_mult)))):
+        for j in range(blocks + 1):
+            w.resnet(f"decoder.conv_blocks.{n}.res.{j}", cin, ch * ch_mult[i])
+            cin = ch * ch_mult[i]
+            if i == last:
+                w.attn(f"decoder.conv_blocks.{n}.attn.{j}", cin)
+        if i != 0:
+            w.conv(f"decoder.conv_blocks.{n}.upsample.conv", cin, cin, 3)
+    w.norm("decoder.norm_out", cin)
+    w.conv("decoder.conv_out", cin, 3, 3)
+    w.conv("quant_conv", z, embed_dim, 1)
+    w.conv("post_quant_conv", embed_dim, z, 1)
+    w.s["quantize.embedding.weight"] = w.t(k, embed_dim, scale=1.0)
+    w.s["quantize.codebook_used"] = torch.zeros(65536)
+    return w.s
+
+
+def taming_state(ch=32, ch_mult=(1, 2), attn_resolutions=(8,), resolution=16, z=32, embed_dim=4, k=16, blocks=1):
+    """taming's VQModel layout: down.i.{block,attn,downsample}, mid.block_1/attn_1/block_2, the
+    decoder's up.i indexed by level (highest resolution first), plus loss weights to be dropped."""
+    w = _Weights(1)
+    w.conv("encoder.conv_in", 3, ch, 3)
+    cin, res = ch, resolution
+    for i, m in enumerate(ch_mult):
+        for j in range(blocks):
+            w.resnet(f"encoder.down.{i}.block.{j}", cin, ch * m)
+            cin = ch * m
+            if res in attn_resolutions:
+                w.attn(f"encoder.down.{i}.attn.{j}", cin)
+        if i != len(ch_mult) - 1:
+            w.conv(f"encoder.down.{i}.downsample.conv", cin, cin, 3)
+            res //= 2
+    for side in ("encoder", "decoder"):
+        if side == "decoder":
+            w.conv("decoder.conv_in", z, cin, 3)
+        w.resnet(f"{side}.mid.block_1", cin, cin)
+        w.attn(f"{side}.mid.attn_1", cin)
+        w.resnet(f"{side}.mid.block_2", cin, cin)
+    w.norm("encoder.norm_out", cin)
+    w.conv("encoder.conv_out", cin, z, 3)
+    for i in reversed(range(len(ch_mult))):
+        for j in range(blocks + 1):
+            w.resnet(f"decoder.up.{i}.block.{j}", cin, ch * ch_mult[i])
+            cin = ch * ch_mult[i]
+            if res in attn_resolutions:
+                w.attn(f"decoder.up.{i}.attn.{j}", cin)
+        if i != 0:
+            w.conv(f"decoder.up.{i}.upsample.conv", cin, cin, 3)
+            res *= 2
+    w.norm("decoder.norm_out", cin)
+    w.conv("decoder.conv_out", cin, 3, 3)
+    w.conv("quant_conv", z, embed_dim, 1)
+    w.conv("post_quant_conv", embed_dim, z, 1)
+    w.s["quantize.embedding.weight"] = w.t(k, embed_dim, scale=1.0)
+    w.s["loss.discriminator.main.0.weight"] = w.t(8, 3, 4, 4)
+    ddconfig = dict(double_z=False, z_channels=z, resolution=resolution, in_channels=3, out_ch=3, ch=ch, ch_mult=list(ch_mult),
+                    num_res_blocks=blocks, attn_resolutions=list(attn_resolutions), dropout=0.0)
+    return w.s, ddconfig
+
+
+# ---------------------------------------------------------------- the official formulas, by hand
+def resnet_formula(s, name, x):
+    def gn(n, h):
+        return F.group_norm(h, 32, s[f"{name}.{n}.weight"], s[f"{name}.{n}.bias"], eps=1e-6)
+
+    h = F.conv2d(F.silu(gn("norm1", x)), s[f"{name}.conv1.weight"], s[f"{name}.conv1.bias"], padding=1)
+    h = F.conv2d(F.silu(gn("norm2", h)), s[f"{name}.conv2.weight"], s[f"{name}.conv2.bias"], padding=1)
+    if f"{name}.nin_shortcut.weight" in s:
+        x = F.conv2d(x, s[f"{name}.nin_shortcut.weight"], s[f"{name}.nin_shortcut.bias"])
+    return x + h
+
+
+def attn_formula(s, name, x):
+    b, c, hh, ww = x.shape
+    h = F.group_norm(x, 32, s[f"{name}.norm.weight"], s[f"{name}.norm.bias"], eps=1e-6)
+    q, k, v = (F.conv2d(h, s[f"{name}.{p}.weight"], s[f"{name}.{p}.bias"]).flatten(2) for p in "qkv")  # (B, C, N)
+    weights = torch.softmax(q.transpose(1, 2) @ k / math.sqrt(c), dim=-1)  # (B, N_query, N_key)
+    out = (v @ weights.transpose(1, 2)).view(b, c, hh, ww)
+    return x + F.conv2d(out, s[f"{name}.proj_out.weight"], s[f"{name}.proj_out.bias"])
+
+
+def test_llamagen_vq_converts_and_computes_the_official_blocks():
+    s = llamagen_vq_state()
+    tok = tokenizer_from_llamagen(s, "VQ-16", image_size=32)
+    assert tok.config.ch == 32 and tok.config.z_channels == 64 and tok.downsample_factor == 16
+    assert tok.config.attn_resolutions == (2,)  # the lowest-resolution level of a 32 px input
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(tok.encoder.down_blocks[0].resnets[0](x, None),
+                                   resnet_formula(s, "encoder.conv_blocks.0.res.0", x), atol=1e-5, rtol=1e-5)
+        y = torch.randn(2, 128, 2, 2)
+        torch.testing.assert_close(tok.encoder.down_blocks[4].attentions[1](y),
+                                   attn_formula(s, "encoder.conv_blocks.4.attn.1", y), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(tok.decoder.mid_block.attentions[0](y), attn_formula(s, "decoder.mid.1", y),
+                                   atol=1e-5, rtol=1e-5)
+        z = torch.randn(2, 128, 2, 2)
+        torch.testing.assert_close(tok.decoder.up_blocks[0].resnets[2](z, None),
+                                   resnet_formula(s, "decoder.conv_blocks.0.res.2", z), atol=1e-5, rtol=1e-5)
+        # l2-normalised codes: the index is the code of largest cosine, the code output is normalised
+        images = torch.rand(3, 3, 32, 32) * 2 - 1
+        enc = tok.encode(images)
+        latents = F.conv2d(tok.encoder(images), s["quant_conv.weight"], s["quant_conv.bias"])
+        codes = F.normalize(s["quantize.embedding.weight"], dim=-1)
+        cos = torch.einsum("bchw,kc->bhwk", F.normalize(latents, dim=1), codes)
+        assert torch.equal(enc.indices, cos.argmax(-1))
+        torch.testing.assert_close(enc.quantized, codes[enc.indices].permute(0, 3, 1, 2))
+        torch.testing.assert_close(tok.decode_indices(enc.indices), tok.decode(enc.quantized))
+
+
+def test_taming_vqgan_converts_with_levels_reversed_and_loss_weights_dropped():
+    s, ddconfig = taming_state()
+    tok = tokenizer_from_taming(s, ddconfig, n_embed=16, embed_dim=4)
+    # taming's decoder.up.1 (the lowest resolution, level 1) is diffusers' first up block
+    assert torch.equal(tok.decoder.up_blocks[0].resnets[0].conv1.weight, s["decoder.up.1.block.0.conv1.weight"])
+    assert torch.equal(tok.decoder.up_blocks[1].resnets[1].conv2.weight, s["decoder.up.0.block.1.conv2.weight"])
+    x = torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(tok.decoder.up_blocks[0].attentions[0](x), attn_formula(s, "decoder.up.1.attn.0", x),
+                                   atol=1e-5, rtol=1e-5)
+        images = torch.rand(2, 3, 16, 16) * 2 - 1
+        enc = tok.encode(images)
+        d = torch.cdist(enc.latents.permute(0, 2, 3, 1).reshape(-1, 4), s["quantize.embedding.weight"])
+        assert torch.equal(enc.indices.flatten(), d.argmin(-1))  # plain l2 codes
+        assert tok(images).sample.shape == images.shape
+
+
+def test_wrong_or_mismatched_checkpoints_are_refused_with_the_reason():
+    s = llamagen_vq_state()
+    with pytest.raises(ValueError, match="unexpected key"):
+        tokenizer_from_llamagen({**s, "something.else": torch.zeros(1)}, "VQ-16", 32)
+    with pytest.raises(ValueError, match="missing"):
+        tokenizer_from_llamagen(s, "VQ-8", 32)  # VQ-16's weights are not VQ-8's
+    with pytest.raises(ValueError, match="not a LlamaGen VQ"):
+        tokenizer_from_llamagen(llamagen_gpt_state(), "VQ-16", 32)
+    with pytest.raises(ValueError, match="not a LlamaGen c2i GPT"):
+        gpt_from_llamagen(s, num_heads=4, model=None)
+    with pytest.raises(ValueError, match="width 64 and 2 layers"):
+        gpt_from_llamagen(llamagen_gpt_state(), "GPT-B")
+
+
+# ---------------------------------------------------------------- LlamaGen GPT
+def llamagen_gpt_state(dim=64, layers=2, vocab=64, classes=5):
+    w = _Weights(2)
+    hidden = 256  # find_multiple(int(2 * 4 * 64 / 3), 256)
+    s = {"tok_embeddings.weight": w.t(vocab, dim, scale=1.0),
+         "cls_embedding.embedding_table.weight": w.t(classes + 1, dim, scale=1.0),
+         "norm.weight": w.t(dim, offset=1.0), "output.weight": w.t(vocab, dim, scale=0.3)}
+    for i in range(layers):
+        s.update({f"layers.{i}.attention.wqkv.weight": w.t(3 * dim, dim, scale=0.2),
+                  f"layers.{i}.attention.wo.weight": w.t(dim, dim, scale=0.2),
+                  f"layers.{i}.feed_forward.w1.weight": w.t(hidden, dim, scale=0.2),
+                  f"layers.{i}.feed_forward.w3.weight": w.t(hidden, dim, scale=0.2),
+                  f"layers.{i}.feed_forward.w2.weight": w.t(dim, hidden, scale=0.1),
+                  f"layers.{i}.attention_norm.weight": w.t(dim, offset=1.0),
+                  f"layers.{i}.ffn_norm.weight": w.t(dim, offset=1.0)})
+    return s
+
+
+def llamagen_formula_logits(s, idx, cls, heads, grid):
+    """LlamaGen's c2i forward written with complex rotations: the class row first, 2-D RoPE whose
+    first head_dim/4 frequencies follow the row and the rest the column, the class step unrotated
+    *and zeroed* (its table entry is 0), RMSNorm, SwiGLU, causal attention."""
+    def rms(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+
+    b, length = idx.shape
+    dim = s["tok_embeddings.weight"].shape[1]
+    hd = dim // heads
+    x = torch.cat([s["cls_embedding.embedding_table.weight"][cls][:, None], s["tok_embeddings.weight"][idx[:, :-1]]], 1)
+    freqs = 1.0 / 10000 ** (torch.arange(0, hd // 2, 2).float() / (hd // 2))
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    angles = torch.cat([rows.flatten()[:, None] * freqs, cols.flatten()[:, None] * freqs], -1)  # (L, hd/2)
+    rot = torch.cat([torch.zeros(1, hd // 2, dtype=torch.complex64), torch.polar(torch.ones_like(angles), angles)[:-1]])
+    mask = torch.ones(length, length).tril().bool()
+    layers = 1 + max(int(k.split(".")[1]) for k in s if k.startswith("layers."))
+    for i in range(layers):
+        p = f"layers.{i}."
+        h = rms(x, s[p + "attention_norm.weight"])
+        q, k, v = (h @ s[p + "attention.wqkv.weight"].T).split(dim, -1)
+        q, k, v = (t.view(b, length, heads, hd) for t in (q, k, v))
+        q, k = (torch.view_as_real(torch.view_as_complex(t.reshape(b, length, heads, hd // 2, 2).contiguous())
+                                   * rot[None, :, None]).flatten(-2) for t in (q, k))
+        att = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd)
+        att = att.masked_fill(~mask, float("-inf")).softmax(-1)
+        x = x + torch.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, length, dim) @ s[p + "attention.wo.weight"].T
+        h = rms(x, s[p + "ffn_norm.weight"])
+        x = x + (F.silu(h @ s[p + "feed_forward.w1.weight"].T) * (h @ s[p + "feed_forward.w3.weight"].T)) \
+            @ s[p + "feed_forward.w2.weight"].T
+    return rms(x, s["norm.weight"]) @ s["output.weight"].T
+
+
+def test_rope_2d_rotation_by_hand():
+    table = rope_2d_table(3, 3, head_dim=4)  # one frequency (1.0) for the row pair, one for the column pair
+    assert table.shape == (9, 2, 2) and torch.equal(table[0], torch.zeros(2, 2))  # the class step
+    x = torch.tensor([1.0, 0.0, 0.0, 1.0]).view(1, 1, 1, 4)
+    # sequence step 6 holds grid position 5 = (row 1, column 2): pair 0 turns by 1 rad, pair 1 by 2 rad
+    out = apply_rope(x, table[6:7]).flatten()
+    torch.testing.assert_close(out, torch.tensor([math.cos(1), math.sin(1), -math.sin(2), math.cos(2)]))
+    assert torch.equal(apply_rope(x, table[:1]), torch.zeros_like(x))
+
+
+def test_llamagen_gpt_logits_equal_the_official_formula():
+    s = llamagen_gpt_state()
+    prior = gpt_from_llamagen(s, model=None, image_size=64, downsample_size=16, num_heads=4)
+    assert prior.config.position_scheme == "rope_2d" and prior.config.num_classes == 5
+    assert prior.position_embedding is None
+    idx, cls = torch.randint(64, (3, 16)), torch.tensor([0, 4, 5])
+    with torch.no_grad():
+        torch.testing.assert_close(prior(idx.view(3, 4, 4), cls)[:, :, 0], llamagen_formula_logits(s, idx, cls, 4, 4),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_checkpoint_loading_is_weights_only_with_an_allow_list(tmp_path):
+    ok = tmp_path / "ok.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=1.0)}, ok)
+    assert torch.equal(load_state_dict(str(ok))["w"], torch.ones(2))
+    ddp = tmp_path / "ddp.pt"
+    torch.save({"module.w": torch.ones(1)}, ddp)
+    assert list(load_state_dict(str(ddp))) == ["w"]
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.ones(1)}, "extra": _Weights}, evil)  # a class: needs a full unpickle
+    with pytest.raises(ValueError, match="refusing to open"):
+        load_checkpoint(str(evil))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(ok.read_bytes()[:40])
+    with pytest.raises(ValueError, match="not a readable"):
+        load_checkpoint(str(truncated))
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        load_checkpoint(str(tmp_path / "empty.pt"))
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+def test_parse_llamagen_names():
+    assert parse_llamagen_name("c2i_XXL_384.pt") == ("GPT-XXL", 384)
+    with pytest.raises(ValueError, match="cannot read"):
+        parse_llamagen_name("gpt.pt")
+
+
+def write_llamagen_files(folder):
+    os.makedirs(folder, exist_ok=True)
+    torch.save({"model": llamagen_vq_state(), "args": argparse.Namespace()}, os.path.join(folder, "vq_ds16_c2i.pt"))
+    torch.save({"model": llamagen_gpt_state()}, os.path.join(folder, "tiny_gpt.pt"))
+
+
+def test_from_llamagen_folder_and_offline_hub_cache(tmp_path, monkeypatch):
+    write_llamagen_files(str(tmp_path / "files"))
+    pipe = VQGPTPipeline.from_llamagen(str(tmp_path / "files"), gpt="tiny_gpt.pt", model="GPT-B", image_size=32,
+                                       num_heads=4, top_k=10)
+    assert pipe.config.guidance_scale == 4.0 and pipe.config.top_k == 10  # LlamaGen's cfg, the given top-k
+    assert pipe.transformer.config.grid_height == 2 and pipe.vqvae.downsample_factor == 16
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(class_id=[1, 4], generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert out.shape == (2, 3, 32, 32)
+    # the Hub cache layout, offline: models--org--name/snapshots/<commit>/<file> + refs/main
+    cache = tmp_path / "hub"
+    snap = cache / "models--FoundationVision--LlamaGen" / "snapshots" / ("0" * 40)
+    write_llamagen_files(str(snap))
+    (cache / "models--FoundationVision--LlamaGen" / "refs").mkdir()
+    (cache / "models--FoundationVision--LlamaGen" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = VQGPTPipeline.from_llamagen("FoundationVision/LlamaGen", gpt="tiny_gpt.pt", model="GPT-B", image_size=32,
+                                      num_heads=4, cache_dir=str(cache))
+    assert torch.equal(hub.transformer.head.weight, pipe.transformer.head.weight)
+    with pytest.raises(FileNotFoundError):
+        VQGPTPipeline.from_llamagen(str(tmp_path / "files"), gpt="c2i_B_256.pt")
+    with pytest.raises(TypeError, match="sampling settings"):
+        VQGPTPipeline.from_llamagen(str(tmp_path / "files"), gpt="tiny_gpt.pt", image_size=32, num_heads=4, cfg=2.0)
+
+
+def test_lcgen_convert_commands_write_loadable_folders(tmp_path, capsys):
+    from diffusers import DiffusionPipeline
+
+    from lcgen.cli import main
+    from lcgen.tokenizer import VQTokenizer
+
+    files = tmp_path / "files"
+    write_llamagen_files(str(files))
+    vq_dir, pipe_dir = tmp_path / "vq16", tmp_path / "gpt"
+    main(["convert", "llamagen-vq", "--checkpoint", str(files / "vq_ds16_c2i.pt"), "--image-size", "32",
+          "--output", str(vq_dir)])
+    tok = VQTokenizer.from_pretrained(str(vq_dir))
+    assert tok.config.quantizer_options["normalize"] is True and tok.config.codebook_size == 64
+    main(["convert", "llamagen-gpt", "--checkpoint", str(files / "tiny_gpt.pt"), "--model", "GPT-B", "--image-size", "32",
+          "--num-heads", "4", "--tokenizer", str(vq_dir), "--output", str(pipe_dir)])
+    pipe = DiffusionPipeline.from_pretrained(str(pipe_dir))
+    assert isinstance(pipe, VQGPTPipeline) and pipe.transformer.config.position_scheme == "rope_2d"
+    assert [p for p in os.listdir(tmp_path) if "partial" in p] == []  # nothing left beside the final folders
+    # bad calls fail before any work, with one line naming the argument, and write nothing
+    before = sorted(os.listdir(tmp_path))
+    for argv, message in [
+        (["convert", "llamagen-vq", "--checkpoint", str(files / "vq_ds16_c2i.pt"), "--output", str(vq_dir)], "not empty"),
+        (["convert", "llamagen-vq", "--checkpoint", str(files / "nope.pt"), "--output", str(tmp_path / "x")], "not found"),
+        (["convert", "llamagen-gpt", "--checkpoint", str(files / "tiny_gpt.pt"), "--output", str(tmp_path / "x")],
+         "needs --tokenizer"),
+        (["convert", "taming", "--checkpoint", str(files / "tiny_gpt.pt"), "--output", str(tmp_path / "x")],
+         "needs --config"),
+        (["convert", "llamagen-vq", "--checkpoint", str(files / "vq_ds16_c2i.pt"), "--model", "VQ-32",
+          "--output", str(tmp_path / "x")], "unknown LlamaGen VQ model"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            main(argv)
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_vqgan_lc_converts_frozen_codebook_and_projector(monkeypatch):
+    from lcgen.tokenizer import published
+
+    s, ddconfig = taming_state(embed_dim=8)
+    del s["quantize.embedding.weight"], s["loss.discriminator.main.0.weight"]  # taming's names, not VQGAN-LC's
+    w = _Weights(3)
+    s["codebook_projection.weight"], s["codebook_projection.bias"] = w.t(8, 12), w.t(8)
+    s["discriminator.main.0.weight"] = w.t(4, 3, 4, 4)  # training-only modules are dropped
+    s["perceptual_loss.lin0.model.1.weight"] = w.t(1, 64, 1, 1)
+    codebook = w.t(40, 12, scale=1.0)  # the frozen (K, D) table, released as its own file
+    monkeypatch.setitem(published.VQGAN_LC_DDCONFIGS, "tiny", ddconfig)
+    with pytest.raises(ValueError, match="pass the frozen codebook"):
+        published.tokenizer_from_vqgan_lc(dict(s), "tiny")
+    tok = published.tokenizer_from_vqgan_lc(dict(s), "tiny", codebook=codebook)
+    assert tok.config.quantizer_kind == "lc" and tok.config.codebook_size == 40
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        enc = tok.encode(images)
+        projected = codebook @ s["codebook_projection.weight"].T + s["codebook_projection.bias"]  # (K, 8)
+        flat = enc.latents.permute(0, 2, 3, 1).reshape(-1, 8)
+        assert torch.equal(enc.indices.flatten(), torch.cdist(flat, projected).argmin(-1))
+        torch.testing.assert_close(enc.quantized.permute(0, 2, 3, 1).reshape(-1, 8), projected[enc.indices.flatten()])
+    with pytest.raises(ValueError, match="unknown VQGAN-LC config"):
+        published.tokenizer_from_vqgan_lc(dict(s), "f32", codebook=codebook)
