@@ -31,13 +31,23 @@ class LatentPipeline(LCGenPipeline):
 
     def _model_output(self, x: torch.Tensor, t, labels: torch.Tensor, guidance_scale: float) -> torch.Tensor:
         """The prior's output at (x, t); with guidance the batch is doubled with the null class and
-        uncond + s * (cond - uncond) is taken over every channel (DiT/SiT's originals guide only 3)."""
+        uncond + s * (cond - uncond) is taken over every latent channel (DiT/SiT's originals guide only
+        3). A learned-variance half (DiT's learn_sigma) is not guided: it comes from the conditional rows."""
         if guidance_scale == 1.0:
             return self._call_denoiser(x, t, labels)
         null = torch.full_like(labels, self.num_classes)
         out = self._call_denoiser(torch.cat([x, x]), t, torch.cat([labels, null]))
         cond, uncond = out.chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
+        c = x.shape[1]
+        guided = uncond[:, :c] + guidance_scale * (cond[:, :c] - uncond[:, :c])
+        return torch.cat([guided, cond[:, c:]], 1) if out.shape[1] > c else guided
+
+    def _scheduler_input(self, out: torch.Tensor, channels: int) -> torch.Tensor:
+        """What the scheduler reads: the whole output for a learned-variance scheduler
+        (`variance_type="learned_range"`, improved DDPM), else the prediction half only."""
+        if out.shape[1] > channels and getattr(self.scheduler.config, "variance_type", None) != "learned_range":
+            return out[:, :channels]
+        return out
 
     def _check_normalization(self, normalization: str):
         """Before register_to_config: the space the prior models must be one the tokenizer can decode."""
@@ -110,5 +120,5 @@ class NoisePredictionPipeline(LatentPipeline):
         x = x * self.scheduler.init_noise_sigma
         for t in self.progress_bar(self.scheduler.timesteps):
             out = self._model_output(self.scheduler.scale_model_input(x, t), t, labels, scale)
-            x = self.scheduler.step(out, t, x, generator=generator).prev_sample
+            x = self.scheduler.step(self._scheduler_input(out, x.shape[1]), t, x, generator=generator).prev_sample
         return self._output(self._decode_latents(x), output_type, return_dict)

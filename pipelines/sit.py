@@ -73,7 +73,8 @@ class VQSiTPipeline(LatentPipeline):
         labels = torch.tensor(labels, device=device)
 
         def velocity(x, t):
-            return self._model_output(x, torch.tensor(t * 1000.0, device=device), labels, scale)
+            # a learn_sigma model's second half is unused by the interpolant (SiT drops it too)
+            return self._model_output(x, torch.tensor(t * 1000.0, device=device), labels, scale)[:, :x.shape[1]]
 
         x = Interpolant(self.config.path_type).sample(
             velocity, (len(labels), *self.latent_shape), steps, method, generator, device, self.denoiser.dtype,

@@ -5,8 +5,10 @@ Written as an own diffusers `ModelMixin` rather than diffusers' `DiTTransformer2
 class gives every block its own timestep+label embedder (77.8 M duplicated parameters at XL/2) and
 hard-codes label dropout 0.1 inside the model; here the embedders are shared as in the original
 DiT, and label dropout is done by the training loop (null class = num_classes, any class count).
-The variance is fixed (no learned-sigma half): the output has `in_channels` channels, so guidance
-applies to every channel (the original DiT/SiT guide only the first 3).
+The variance is fixed by default: the output has `in_channels` channels, so guidance applies to every
+channel (the original DiT/SiT guide only the first 3). `learn_sigma=True` (DiT's own option, used by the
+published DiT-XL/2, DiT-LC and SiT-LC checkpoints) doubles the output: the prediction, then the
+per-channel variance interpolation of improved DDPM (diffusers' `variance_type="learned_range"`).
 """
 from __future__ import annotations
 
@@ -85,11 +87,13 @@ class DiTModel(ModelMixin, ConfigMixin):
         hidden_size, num_layers, num_heads, mlp_ratio: see DIT_SIZES.
         num_classes: classes; the label table has num_classes + 1 rows, the last is the null class
             (0 = unconditional). Timesteps are floats: DDPM steps in [0, 1000), SiT's t scaled by 1000.
+        learn_sigma: output 2 * in_channels channels (prediction, then the learned variance values).
     """
 
     @register_to_config
     def __init__(self, sample_size: int = 16, patch_size: int = 2, in_channels: int = 8, hidden_size: int = 1152,
-                 num_layers: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0, num_classes: int = 1000):
+                 num_layers: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0, num_classes: int = 1000,
+                 learn_sigma: bool = False):
         super().__init__()
         if sample_size % patch_size:
             raise ValueError(f"patch_size {patch_size} does not divide sample_size {sample_size}")
@@ -105,7 +109,8 @@ class DiTModel(ModelMixin, ConfigMixin):
         self.blocks = nn.ModuleList(_DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers))
         self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.adaLN_out = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
-        self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * in_channels)
+        self.out_channels = in_channels * (2 if learn_sigma else 1)
+        self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * self.out_channels)
         self._init_weights()
 
     def _init_weights(self):
@@ -145,4 +150,5 @@ class DiTModel(ModelMixin, ConfigMixin):
         shift, scale = self.adaLN_out(cond).chunk(2, dim=1)
         x = self.proj_out(_modulate(self.norm_out(x), shift, scale))  # (B, N, p*p*C)
         p, g = c.patch_size, self.grid
-        return x.view(b, g, g, p, p, c.in_channels).permute(0, 5, 1, 3, 2, 4).reshape(b, c.in_channels, g * p, g * p)
+        o = self.out_channels
+        return x.view(b, g, g, p, p, o).permute(0, 5, 1, 3, 2, 4).reshape(b, o, g * p, g * p)

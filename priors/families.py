@@ -47,6 +47,9 @@ def build_prior(family: str, size: str, num_classes: int, meta: dict, options: d
         raise ValueError(f"the latent priors need square latents, got {side}x{side_w}")
     if family == "ldm":
         return build_ldm_unet(size, side, channels, num_classes, **options)
+    if options.get("learn_sigma"):
+        raise ValueError("learn_sigma is for converted DiT/SiT checkpoints: lcgen's training loop has no "
+                         "variational-bound term to train the variance half (train with learn_sigma false)")
     depth, width, heads, patch = parse_dit_size(size)
     kwargs = dict(sample_size=side, patch_size=patch, in_channels=channels, hidden_size=width, num_layers=depth,
                   num_heads=heads, num_classes=num_classes)

@@ -1,4 +1,5 @@
-"""Published priors as ordinary lcgen models: LlamaGen's class-conditional GPTs -> `GPTPrior`.
+"""Published priors as ordinary lcgen models: LlamaGen's class-conditional GPTs -> `GPTPrior`, and DiT
+checkpoints (facebookresearch/DiT's and VQGAN-LC's DiT-LC, which keeps DiT's `models.py`) -> `DiTModel`.
 
 LlamaGen's c2i `Transformer` is lcgen's `GPTPrior` with `position_scheme="rope_2d"`: the same
 RMSNorm / SwiGLU / bias-free blocks, the class embedding table with its null row `num_classes` as the
@@ -21,6 +22,7 @@ import torch
 
 from lcgen.official_checkpoints import take
 
+from .dit import DIT_SIZES, DiTModel, sincos_2d
 from .gpt import GPT_SIZES, GPTPrior
 
 # LlamaGen's GPT_models with class-conditional checkpoints (c2i_B_256.pt ... c2i_XXL_384.pt, c2i_3B_384.pt)
@@ -93,3 +95,59 @@ def gpt_from_llamagen(state: dict[str, torch.Tensor], model: str | None = "GPT-B
     prior.load_state_dict(weights, strict=True)
     return prior.eval()
 
+
+
+# DiT's models.py names -> lcgen DiTModel names (blocks.i.* and the final layer)
+_DIT_BLOCK = {"attn.qkv": "qkv", "attn.proj": "proj", "mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2",
+              "adaLN_modulation.1": "adaLN_modulation.1"}
+_DIT_TOP = {"x_embedder.proj": "patch_embed", "t_embedder.mlp.0": "t_embedder.0", "t_embedder.mlp.2": "t_embedder.2",
+            "y_embedder.embedding_table": "y_embedder", "final_layer.linear": "proj_out",
+            "final_layer.adaLN_modulation.1": "adaLN_out.1"}
+
+
+def _rename_dit(key: str) -> str:
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", key)
+    if m and m.group(2) in _DIT_BLOCK:
+        return f"blocks.{m.group(1)}.{_DIT_BLOCK[m.group(2)]}.{m.group(3)}"
+    m = re.fullmatch(r"(.+)\.(weight|bias)", key)
+    if m and m.group(1) in _DIT_TOP:
+        return f"{_DIT_TOP[m.group(1)]}.{m.group(2)}"
+    raise KeyError(key)
+
+
+def dit_from_official(state: dict[str, torch.Tensor], num_heads: int | None = None) -> DiTModel:
+    """A DiT `models.py` state dict (DiT-XL-2-256x256.pt, DiT-LC's checkpoint's "ema") -> `DiTModel` (eval).
+
+    Latent channels, patch, width, depth, classes, latent side and learn_sigma come from the weights;
+    the heads from DiT's named sizes by width (XL: 16), or `num_heads`. DiT's fixed sin-cos `pos_embed`
+    is checked against lcgen's (the same table) and not loaded."""
+    for need in ("x_embedder.proj.weight", "pos_embed", "final_layer.linear.weight", "y_embedder.embedding_table.weight"):
+        if need not in state:
+            raise ValueError(f"not a DiT checkpoint: no {need}")
+    width, channels, patch, _ = state["x_embedder.proj.weight"].shape
+    tokens = state["pos_embed"].shape[1]
+    grid = int(round(tokens ** 0.5))
+    if grid * grid != tokens:
+        raise ValueError(f"pos_embed has {tokens} positions: not a square grid")
+    out = state["final_layer.linear.weight"].shape[0] // (patch * patch)
+    if out not in (channels, 2 * channels):
+        raise ValueError(f"final layer gives {out} channels for {channels}-channel latents")
+    if num_heads is None:
+        heads = {w: h for _, w, h in DIT_SIZES.values()}
+        if width not in heads:
+            raise ValueError(f"width {width} is not a DiT size {sorted(heads)}: pass num_heads")
+        num_heads = heads[width]
+    layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / width
+    model = DiTModel(sample_size=grid * patch, patch_size=patch, in_channels=channels, hidden_size=width,
+                     num_layers=layers, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                     num_classes=state["y_embedder.embedding_table.weight"].shape[0] - 1, learn_sigma=out == 2 * channels)
+    if not torch.allclose(state["pos_embed"].float(), sincos_2d(width, grid)[None], atol=1e-6):
+        raise ValueError("the checkpoint's pos_embed is not DiT's fixed 2-D sin-cos table")
+    try:
+        weights = {_rename_dit(k): v for k, v in state.items() if k != "pos_embed"}
+    except KeyError as e:
+        raise ValueError(f"unexpected key {e.args[0]!r} in the DiT checkpoint") from None
+    take(weights, {k: tuple(v.shape) for k, v in model.state_dict().items()}, "DiT")
+    model.load_state_dict(weights, strict=True)
+    return model.eval()

@@ -401,3 +401,88 @@ def test_vqgan_lc_converts_frozen_codebook_and_projector(monkeypatch):
         torch.testing.assert_close(enc.quantized.permute(0, 2, 3, 1).reshape(-1, 8), projected[enc.indices.flatten()])
     with pytest.raises(ValueError, match="unknown VQGAN-LC config"):
         published.tokenizer_from_vqgan_lc(dict(s), "f32", codebook=codebook)
+
+
+# ---------------------------------------------------------------- DiT (facebookresearch/DiT, VQGAN-LC's DiT-LC)
+def dit_sincos(dim, grid):
+    """DiT's get_2d_sincos_pos_embed, written out: half the width for the column coordinate, half for
+    the row, each [sin, cos] of pos * 10000^(-i / (dim / 4))."""
+    import numpy as np
+
+    def one_d(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    cols, rows = np.meshgrid(np.arange(grid, dtype=np.float32), np.arange(grid, dtype=np.float32))
+    return torch.from_numpy(np.concatenate([one_d(dim // 2, cols), one_d(dim // 2, rows)], 1)).float()[None]
+
+
+def dit_state(width=32, layers=2, channels=4, patch=2, grid=4, classes=5, learn_sigma=True):
+    w = _Weights(4)
+    out = channels * (2 if learn_sigma else 1)
+    s = {"x_embedder.proj.weight": w.t(width, channels, patch, patch), "x_embedder.proj.bias": w.t(width),
+         "pos_embed": dit_sincos(width, grid),
+         "t_embedder.mlp.0.weight": w.t(width, 256), "t_embedder.mlp.0.bias": w.t(width),
+         "t_embedder.mlp.2.weight": w.t(width, width), "t_embedder.mlp.2.bias": w.t(width),
+         "y_embedder.embedding_table.weight": w.t(classes + 1, width, scale=1.0),
+         "final_layer.linear.weight": w.t(patch * patch * out, width), "final_layer.linear.bias": w.t(patch * patch * out),
+         "final_layer.adaLN_modulation.1.weight": w.t(2 * width, width),
+         "final_layer.adaLN_modulation.1.bias": w.t(2 * width)}
+    for i in range(layers):
+        for name, shape in (("attn.qkv", (3 * width, width)), ("attn.proj", (width, width)),
+                            ("mlp.fc1", (4 * width, width)), ("mlp.fc2", (width, 4 * width)),
+                            ("adaLN_modulation.1", (6 * width, width))):
+            s[f"blocks.{i}.{name}.weight"], s[f"blocks.{i}.{name}.bias"] = w.t(*shape), w.t(shape[0])
+    return s
+
+
+def test_dit_converts_with_learned_sigma_in_dits_channel_layout():
+    from lcgen.priors.published import dit_from_official
+
+    s = dit_state()
+    model = dit_from_official(s, num_heads=4)
+    c = model.config
+    assert (c.sample_size, c.patch_size, c.in_channels, c.num_classes, c.learn_sigma) == (8, 2, 4, 5, True)
+    torch.testing.assert_close(model.pos_embed, dit_sincos(32, 4))  # DiT's table, built independently
+    # DiT unpatchifies (p, q, c) with c fastest: the prediction is the rows whose channel index is < C
+    rows = [r for r in range(2 * 2 * 8) if r % 8 < 4]
+    fixed = {**s, "final_layer.linear.weight": s["final_layer.linear.weight"][rows],
+             "final_layer.linear.bias": s["final_layer.linear.bias"][rows]}
+    plain = dit_from_official(fixed, num_heads=4)
+    assert plain.config.learn_sigma is False
+    x, t, y = torch.randn(3, 4, 8, 8), torch.tensor([0.0, 500.0, 999.0]), torch.tensor([0, 4, 5])
+    with torch.no_grad():
+        both = model(x, t, y)
+        assert both.shape == (3, 8, 8, 8)
+        torch.testing.assert_close(both[:, :4], plain(x, t, y))
+    with pytest.raises(ValueError, match="not DiT's fixed"):
+        dit_from_official({**s, "pos_embed": s["pos_embed"] + 0.1}, num_heads=4)
+    with pytest.raises(ValueError, match="pass num_heads"):
+        dit_from_official(s)  # width 32 is no DiT size
+
+
+def test_learned_variance_pipeline_guides_the_prediction_and_keeps_the_conditional_variance():
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from lcgen.pipelines import VQDiTPipeline
+    from lcgen.priors.published import dit_from_official
+    from tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer("looc", embed_dim=4)
+    model = dit_from_official(dit_state(grid=7, patch=1, channels=4), num_heads=4)
+    learned = DDPMScheduler(num_train_timesteps=1000, variance_type="learned_range")
+    pipe = VQDiTPipeline(tok, model, learned, num_inference_steps=3)
+    pipe.set_progress_bar_config(disable=True)
+    cond, uncond = torch.full((2, 8, 7, 7), 3.0), torch.full((2, 8, 7, 7), 1.0)
+    cond[:, 4:], uncond[:, 4:] = 0.5, -0.5
+    pipe._call_denoiser = lambda x, t, labels: torch.cat([cond, uncond])
+    out = pipe._model_output(torch.zeros(2, 4, 7, 7), 10, torch.tensor([0, 1]), 2.0)
+    assert torch.equal(out[:, :4], torch.full((2, 4, 7, 7), 1.0 + 2.0 * (3.0 - 1.0)))  # guided prediction
+    assert torch.equal(out[:, 4:], torch.full((2, 4, 7, 7), 0.5))  # the conditional rows' variance
+    assert pipe._scheduler_input(out, 4).shape[1] == 8  # a learned-range scheduler reads both halves
+    del pipe._call_denoiser
+    images = pipe(class_id=[0, 3], generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert images.shape == (2, 1, 28, 28) and torch.isfinite(images).all()
+    ddim = VQDiTPipeline(tok, model, DDIMScheduler(num_train_timesteps=1000), num_inference_steps=3)
+    assert ddim._scheduler_input(out, 4).shape[1] == 4  # other schedulers get the prediction half

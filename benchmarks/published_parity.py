@@ -1,0 +1,212 @@
+"""Parity of lcgen's converters with the official code: the same random weights and inputs through the
+official modules (imported from a checkout you point at, never copied here) and through the converted
+lcgen model; prints the largest differences as JSON.
+
+    python benchmarks/published_parity.py llamagen-vq  --official /path/to/LlamaGen [--fp64]
+    python benchmarks/published_parity.py llamagen-gpt --official /path/to/LlamaGen [--model GPT-B --image-size 256]
+    python benchmarks/published_parity.py taming       --official /path/to/taming-transformers [--fp64]   # needs einops
+    python benchmarks/published_parity.py vqgan-lc     --official /path/to/VQGAN-LC/vqgan-gpt-lc [--fp64]  # needs einops
+    python benchmarks/published_parity.py dit          --official /path/to/VQGAN-LC/dit-lc (or DiT)  # needs timm
+
+Each run writes the weights as the official training scripts save them (a dict with "model" or
+"state_dict"), converts that file with lcgen, and compares: tokenizers on 2 random 256 px images
+(indices, latents, reconstructions, and the decoder alone on the official codes); the LlamaGen GPT on
+teacher-forced logits and on two sampling runs with the same seed (guidance 4 + top-k 2000, and none);
+DiT-XL/2 (DiT-LC's: 8 latent channels at 16x16, learned sigma) on its output for random latents,
+timesteps and classes.
+With --fp64 both sides run in float64 (lcgen's quantizer still searches in fp32 by design), which
+separates a difference of arithmetic order (~1e-5 in fp32) from a difference of architecture.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import torch
+import yaml
+
+from lcgen.official_checkpoints import load_checkpoint, load_state_dict
+from lcgen.priors.published import dit_from_official, gpt_from_llamagen
+from lcgen.tokenizer.published import tokenizer_from_llamagen, tokenizer_from_taming, tokenizer_from_vqgan_lc
+
+
+def perturb(module, skip=()):
+    """Random weights everywhere (the official inits zero some layers)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if not any(s in name for s in skip):
+                p.add_(torch.randn_like(p) * 0.02)
+
+
+def compare_tokenizers(official, tok, double: bool) -> dict:
+    """official: an object with encode(x) -> (quant, loss, (_, _, indices)), decode(quant), quant_conv, encoder."""
+    x = torch.rand(2, 3, 256, 256) * 2 - 1
+    if double:
+        official.double(), tok.double()
+        x = x.double()
+    with torch.no_grad():
+        quant, _, (_, _, idx) = official.encode(x)
+        rec_official = official.decode(quant)
+        enc = tok.encode(x)
+        return {"indices_identical": bool(torch.equal(enc.indices.flatten(), idx.flatten())),
+                "latent_max_abs": float((enc.latents - official.quant_conv(official.encoder(x))).abs().max()),
+                "recon_max_abs": float((tok.decode(enc.quantized) - rec_official).abs().max()),
+                "decoder_same_codes_max_abs": float((tok.decode(quant) - rec_official).abs().max()),
+                "recon_max": float(rec_official.abs().max())}
+
+
+def llamagen_vq(a, tmp):
+    from tokenizer.tokenizer_image.vq_model import VQ_models
+
+    out = {}
+    for name in ("VQ-16", "VQ-8"):
+        torch.manual_seed(0)
+        official = VQ_models[name](codebook_size=16384, codebook_embed_dim=8).eval()
+        perturb(official)
+        path = os.path.join(tmp, f"{name}.pt")
+        torch.save({"model": official.state_dict()}, path)
+        out[name] = compare_tokenizers(official, tokenizer_from_llamagen(load_state_dict(path), name, 256), a.fp64)
+    return out
+
+
+def llamagen_gpt(a, tmp):
+    from autoregressive.models.generate import generate
+    from autoregressive.models.gpt import GPT_models
+
+    torch.manual_seed(0)
+    grid = a.image_size // 16
+    official = GPT_models[a.model](vocab_size=16384, block_size=grid * grid, num_classes=1000, cls_token_num=1,
+                                   model_type="c2i", resid_dropout_p=0.0, ffn_dropout_p=0.0, token_dropout_p=0.0).eval()
+    perturb(official)
+    path = os.path.join(tmp, "gpt.pt")
+    torch.save({"model": official.state_dict()}, path)
+    prior = gpt_from_llamagen(load_state_dict(path), a.model, a.image_size)
+    idx, cls = torch.randint(0, 16384, (2, grid * grid)), torch.tensor([207, 3])
+    with torch.no_grad():
+        logits, _ = official(idx[:, :-1], cls, input_pos=torch.arange(grid * grid))
+        r = {"logits_max_abs": float((logits - prior(idx.view(2, grid, grid), cls)[:, :, 0]).abs().max()),
+             "logits_max": float(logits.abs().max())}
+        for cfg, top_k in ((4.0, 2000), (1.0, 0)):
+            torch.manual_seed(123)  # LlamaGen samples from the global generator
+            ref = generate(official, cls, grid * grid, cfg_scale=cfg, temperature=1.0, top_k=top_k, top_p=1.0,
+                           sample_logits=True)
+            ours = prior.generate(cls, guidance_scale=cfg, top_k=top_k, generator=torch.Generator().manual_seed(123))
+            r[f"tokens_identical_guidance{cfg:g}_topk{top_k}"] = bool(torch.equal(ours.flatten(1), ref.long()))
+    return r
+
+
+def taming(a, tmp):
+    from taming.modules.diffusionmodules.model import Decoder, Encoder
+    from taming.modules.vqvae.quantize import VectorQuantizer2
+
+    class Parts(torch.nn.Module):  # taming.models.vqgan.VQModel's modules and encode/decode, without Lightning
+        def __init__(self, ddconfig, n_embed, embed_dim):
+            super().__init__()
+            self.encoder, self.decoder = Encoder(**ddconfig), Decoder(**ddconfig)
+            self.quantize = VectorQuantizer2(n_embed, embed_dim, beta=0.25)
+            self.quant_conv = torch.nn.Conv2d(ddconfig["z_channels"], embed_dim, 1)
+            self.post_quant_conv = torch.nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
+
+        def encode(self, x):
+            return self.quantize(self.quant_conv(self.encoder(x)))
+
+        def decode(self, q):
+            return self.decoder(self.post_quant_conv(q))
+
+    with open(os.path.join(a.official, "configs", "imagenet_vqgan.yaml")) as f:
+        params = yaml.safe_load(f)["model"]["params"]
+    out = {}
+    for n_embed in (1024, 16384):
+        torch.manual_seed(0)
+        official = Parts(params["ddconfig"], n_embed, params["embed_dim"]).eval()
+        perturb(official)
+        path = os.path.join(tmp, f"taming_{n_embed}.ckpt")
+        torch.save({"state_dict": official.state_dict(), "global_step": 0}, path)
+        tok = tokenizer_from_taming(load_state_dict(path, prefer=("state_dict",)), params["ddconfig"], n_embed,
+                                    params["embed_dim"])
+        out[f"n_embed={n_embed}"] = compare_tokenizers(official, tok, a.fp64)
+    return out
+
+
+def vqgan_lc(a, tmp):
+    from models.encoder_decoder import Decoder, Encoder
+    from models.models_vq import VQModel
+
+    class Parts(torch.nn.Module):  # VQModel's attributes with its own encode/quantize/decode, no LPIPS/discriminator
+        quantize, encode, decode = VQModel.quantize, VQModel.encode, VQModel.decode
+
+        def __init__(self, ddconfig, codebook):
+            super().__init__()
+            self.args = argparse.Namespace(use_cblinear=1, tuning_codebook=0)
+            self.encoder, self.decoder = Encoder(**ddconfig), Decoder(**ddconfig)
+            self.tok_embeddings = torch.nn.Embedding(*codebook.shape)
+            self.tok_embeddings.weight.data = codebook
+            self.codebook_projection = torch.nn.Linear(codebook.shape[1], 8)
+            self.e_dim, self.quantize_type, self.remap, self.sane_index_shape = 8, "org", None, False
+            self.quant_conv = torch.nn.Conv2d(ddconfig["z_channels"], 8, 1)
+            self.post_quant_conv = torch.nn.Conv2d(8, ddconfig["z_channels"], 1)
+
+    out = {}
+    for config in ("f16", "f8"):
+        torch.manual_seed(0)
+        with open(os.path.join(a.official, "vqgan_configs", f"vq-{config}.yaml")) as f:
+            ddconfig = yaml.safe_load(f)["model"]["params"]["ddconfig"]
+        codebook = torch.randn(100_000, 768)
+        official = Parts(ddconfig, codebook).eval()
+        perturb(official, skip=("tok_embeddings",))
+        path, cb_path = os.path.join(tmp, f"vqgan-lc-{config}.pth"), os.path.join(tmp, "codebook-100K.pth")
+        torch.save({"state_dict": {k: v for k, v in official.state_dict().items() if k != "tok_embeddings.weight"}}, path)
+        torch.save(codebook, cb_path)  # the frozen codebook is released as its own file
+        tok = tokenizer_from_vqgan_lc(load_state_dict(path), config, codebook=load_checkpoint(cb_path))
+        out[config] = compare_tokenizers(official, tok, a.fp64)
+    return out
+
+
+def dit(a, tmp):
+    from models import DiT_models
+
+    torch.manual_seed(0)
+    official = DiT_models["DiT-XL/2"](input_size=16, in_channels=8, num_classes=1000, learn_sigma=True).eval()
+    perturb(official, skip=("pos_embed",))
+    path = os.path.join(tmp, "dit.pt")
+    torch.save({"model": official.state_dict(), "ema": official.state_dict(), "args": argparse.Namespace()}, path)
+    model = dit_from_official(load_state_dict(path, prefer=("ema", "model")))
+    x, t, y = torch.randn(4, 8, 16, 16), torch.tensor([0, 250, 500, 999]), torch.tensor([207, 0, 999, 1000])
+    if a.fp64:
+        official.double(), model.double()
+        x = x.double()
+    with torch.no_grad():
+        ref, ours = official(x, t, y), model(x, t, y)
+    return {"learn_sigma": model.config.learn_sigma, "output_max_abs": float((ours - ref).abs().max()),
+            "eps_half_max_abs": float((ours[:, :8] - ref[:, :8]).abs().max()), "output_max": float(ref.abs().max())}
+
+
+RUNS = {"dit": dit, "llamagen-vq": llamagen_vq, "llamagen-gpt": llamagen_gpt, "taming": taming, "vqgan-lc": vqgan_lc}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("which", choices=sorted(RUNS))
+    p.add_argument("--official", required=True, help="a checkout of the official repository (its code root)")
+    p.add_argument("--fp64", action="store_true")
+    p.add_argument("--model", default="GPT-B")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    if not os.path.isdir(a.official):
+        raise SystemExit(f"--official {a.official} is not a folder")
+    sys.path.insert(0, os.path.abspath(a.official))
+    with tempfile.TemporaryDirectory() as tmp:
+        result = {"which": a.which, "fp64": a.fp64, **RUNS[a.which](a, tmp)}
+    print(json.dumps(result, indent=1))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
