@@ -16,15 +16,26 @@ import tempfile
 
 import torch
 import yaml
+from diffusers import DDPMScheduler
 
 from lcgen.official_checkpoints import load_checkpoint, load_state_dict
-from lcgen.pipelines import VQGPTPipeline
+from lcgen.pipelines import VQDiTPipeline, VQGPTPipeline
+from lcgen.pipelines.imagenet import imagenet_id2label
+from lcgen.priors.published import dit_from_official
 from lcgen.tokenizer import VQTokenizer
 from lcgen.tokenizer.published import (LLAMAGEN_VQ_MODELS, VQGAN_LC_DDCONFIGS, tokenizer_from_llamagen,
                                        tokenizer_from_taming, tokenizer_from_vqgan_lc)
 
 logger = logging.getLogger(__name__)
-SOURCES = ("vqgan-lc", "llamagen-vq", "llamagen-gpt", "taming")
+SOURCES = ("vqgan-lc", "dit-lc", "llamagen-vq", "llamagen-gpt", "taming")
+
+
+def dit_lc_scheduler() -> DDPMScheduler:
+    """VQGAN-LC's DiT-LC protocol (dit-lc/evaluation.py, guided-diffusion's `create_diffusion("250")`):
+    the linear DDPM schedule of 1,000 steps, learned-range variance, no clipping, 250 evenly spaced
+    steps (guided-diffusion's `space_timesteps` = round(linspace(0, 999, 250)))."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                         variance_type="learned_range", clip_sample=False, timestep_spacing="linspace")
 
 
 def check_output(output: str, overwrite: bool) -> str:
@@ -106,9 +117,20 @@ def convert(source: str, checkpoint: str, output: str, *, config: str | None = N
                                          image_size or 256)
     else:
         if tokenizer is None:
-            raise ValueError("lcgen convert llamagen-gpt needs --tokenizer (a converted LlamaGen VQ folder)")
+            raise ValueError(f"lcgen convert {source} needs --tokenizer (a converted tokenizer folder)")
         if not os.path.isfile(os.path.join(str(tokenizer), "config.json")):
             raise FileNotFoundError(f"--tokenizer {tokenizer} is not a saved VQTokenizer folder (no config.json)")
+    if source == "dit-lc":
+        model = dit_from_official(load_state_dict(checkpoint, prefer=("ema", "model")), num_heads)
+        tok = VQTokenizer.from_pretrained(tokenizer)
+        # DiT-LC models the raw pre-quantisation latent (no shift or scale) and guides at 8 (its cfg-scale)
+        result = VQDiTPipeline(tok, model, dit_lc_scheduler(), id2label=imagenet_id2label() if
+                               model.config.num_classes == 1000 else None, guidance_scale=8.0,
+                               num_inference_steps=250, latent_shift=0.0, latent_scale=1.0,
+                               info={"source": f"VQGAN-LC DiT-LC ({os.path.basename(checkpoint)})",
+                                     "sampling_protocol": "DDPM 250 steps, learned variance, guidance 8 "
+                                                          "(lcgen guides all 8 channels; DiT-LC guides 3)"})
+    elif source == "llamagen-gpt":
         result = VQGPTPipeline.from_llamagen_gpt(VQTokenizer.from_pretrained(tokenizer), checkpoint, model, image_size,
                                                  num_heads, source=f"LlamaGen ({os.path.basename(checkpoint)})")
     save_atomically(result, output)

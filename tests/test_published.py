@@ -486,3 +486,24 @@ def test_learned_variance_pipeline_guides_the_prediction_and_keeps_the_condition
     assert images.shape == (2, 1, 28, 28) and torch.isfinite(images).all()
     ddim = VQDiTPipeline(tok, model, DDIMScheduler(num_train_timesteps=1000), num_inference_steps=3)
     assert ddim._scheduler_input(out, 4).shape[1] == 4  # other schedulers get the prediction half
+
+
+def test_convert_dit_lc_writes_dit_lcs_sampling_protocol(tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from lcgen.cli import main
+    from tiny import tiny_tokenizer
+
+    tiny_tokenizer("looc", embed_dim=4).save_pretrained(str(tmp_path / "tok"))
+    ema = dit_state(grid=7, patch=1, channels=4)
+    model = {k: torch.zeros_like(v) for k, v in ema.items()}  # the raw weights: the EMA ones must be taken
+    torch.save({"model": model, "ema": ema, "args": argparse.Namespace()}, tmp_path / "dit-lc.pth")
+    main(["convert", "dit-lc", "--checkpoint", str(tmp_path / "dit-lc.pth"), "--tokenizer", str(tmp_path / "tok"),
+          "--num-heads", "4", "--output", str(tmp_path / "pipe")])
+    pipe = DiffusionPipeline.from_pretrained(str(tmp_path / "pipe"))
+    assert pipe.scheduler.config.variance_type == "learned_range" and pipe.scheduler.config.timestep_spacing == "linspace"
+    assert (pipe.config.num_inference_steps, pipe.config.guidance_scale) == (250, 8.0)
+    assert torch.equal(pipe.transformer.proj_out.weight, ema["final_layer.linear.weight"])
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(class_id=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert out.shape == (1, 1, 28, 28)
