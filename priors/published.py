@@ -34,13 +34,14 @@ _TOP = {"tok_embeddings": "token_embedding", "cls_embedding.embedding_table": "c
         "output": "head"}
 
 
-def _rename(key: str) -> str:
-    m = re.fullmatch(r"layers\.(\d+)\.(.+)\.weight", key)
-    if m and m.group(2) in _LAYER:
-        return f"blocks.{m.group(1)}.{_LAYER[m.group(2)]}.weight"
-    m = re.fullmatch(r"(.+)\.weight", key)
-    if m and m.group(1) in _TOP:
-        return f"{_TOP[m.group(1)]}.weight"
+def _rename(key: str, layers: str, per_layer: dict, top: dict) -> str:
+    """`<layers>.i.<name>.<weight|bias>` -> `blocks.i.<per_layer[name]>.<...>`, `<name>.<...>` -> `<top[name]>.<...>`."""
+    m = re.fullmatch(rf"{layers}\.(\d+)\.(.+)\.(weight|bias)", key)
+    if m and m.group(2) in per_layer:
+        return f"blocks.{m.group(1)}.{per_layer[m.group(2)]}.{m.group(3)}"
+    m = re.fullmatch(r"(.+)\.(weight|bias)", key)
+    if m and m.group(1) in top:
+        return f"{top[m.group(1)]}.{m.group(2)}"
     raise KeyError(key)
 
 
@@ -88,7 +89,7 @@ def gpt_from_llamagen(state: dict[str, torch.Tensor], model: str | None = "GPT-B
                      num_layers=layers, num_heads=num_heads, ffn_multiple_of=256, dropout=0.0, norm_eps=1e-5,
                      position_scheme="rope_2d", rope_base=rope_base)
     try:
-        weights = {_rename(k): v for k, v in state.items()}
+        weights = {_rename(k, "layers", _LAYER, _TOP): v for k, v in state.items()}
     except KeyError as e:
         raise ValueError(f"unexpected key {e.args[0]!r} in the LlamaGen GPT checkpoint") from None
     take(weights, {k: tuple(v.shape) for k, v in prior.state_dict().items()}, f"LlamaGen {model}")
@@ -103,16 +104,6 @@ _DIT_BLOCK = {"attn.qkv": "qkv", "attn.proj": "proj", "mlp.fc1": "mlp.0", "mlp.f
 _DIT_TOP = {"x_embedder.proj": "patch_embed", "t_embedder.mlp.0": "t_embedder.0", "t_embedder.mlp.2": "t_embedder.2",
             "y_embedder.embedding_table": "y_embedder", "final_layer.linear": "proj_out",
             "final_layer.adaLN_modulation.1": "adaLN_out.1"}
-
-
-def _rename_dit(key: str) -> str:
-    m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", key)
-    if m and m.group(2) in _DIT_BLOCK:
-        return f"blocks.{m.group(1)}.{_DIT_BLOCK[m.group(2)]}.{m.group(3)}"
-    m = re.fullmatch(r"(.+)\.(weight|bias)", key)
-    if m and m.group(1) in _DIT_TOP:
-        return f"{_DIT_TOP[m.group(1)]}.{m.group(2)}"
-    raise KeyError(key)
 
 
 def dit_from_official(state: dict[str, torch.Tensor], num_heads: int | None = None) -> DiTModel:
@@ -145,7 +136,7 @@ def dit_from_official(state: dict[str, torch.Tensor], num_heads: int | None = No
     if not torch.allclose(state["pos_embed"].float(), sincos_2d(width, grid)[None], atol=1e-6):
         raise ValueError("the checkpoint's pos_embed is not DiT's fixed 2-D sin-cos table")
     try:
-        weights = {_rename_dit(k): v for k, v in state.items() if k != "pos_embed"}
+        weights = {_rename(k, "blocks", _DIT_BLOCK, _DIT_TOP): v for k, v in state.items() if k != "pos_embed"}
     except KeyError as e:
         raise ValueError(f"unexpected key {e.args[0]!r} in the DiT checkpoint") from None
     take(weights, {k: tuple(v.shape) for k, v in model.state_dict().items()}, "DiT")
