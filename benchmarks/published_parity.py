@@ -7,6 +7,7 @@ lcgen model; prints the largest differences as JSON.
     python benchmarks/published_parity.py taming       --official /path/to/taming-transformers [--fp64]   # needs einops
     python benchmarks/published_parity.py vqgan-lc     --official /path/to/VQGAN-LC/vqgan-gpt-lc [--fp64]  # needs einops
     python benchmarks/published_parity.py dit          --official /path/to/VQGAN-LC/dit-lc (or DiT)  # needs timm
+    python benchmarks/published_parity.py sit          --official /path/to/VQGAN-LC/sit-lc (or SiT)  # needs timm
 
 Each run writes the weights as the official training scripts save them (a dict with "model" or
 "state_dict"), converts that file with lcgen, and compares: tokenizers on 2 random 256 px images
@@ -165,26 +166,35 @@ def vqgan_lc(a, tmp):
     return out
 
 
-def dit(a, tmp):
-    from models import DiT_models
+def dit(a, tmp, sit=False):
+    import models
 
     torch.manual_seed(0)
-    official = DiT_models["DiT-XL/2"](input_size=16, in_channels=8, num_classes=1000, learn_sigma=True).eval()
+    build = models.SiT_models["SiT-XL/2"] if sit else models.DiT_models["DiT-XL/2"]
+    official = build(input_size=16, in_channels=8, num_classes=1000, learn_sigma=True).eval()
     perturb(official, skip=("pos_embed",))
     path = os.path.join(tmp, "dit.pt")
     torch.save({"model": official.state_dict(), "ema": official.state_dict(), "args": argparse.Namespace()}, path)
     model = dit_from_official(load_state_dict(path, prefer=("ema", "model")))
-    x, t, y = torch.randn(4, 8, 16, 16), torch.tensor([0, 250, 500, 999]), torch.tensor([207, 0, 999, 1000])
+    x, y = torch.randn(4, 8, 16, 16), torch.tensor([207, 0, 999, 1000])
+    t = torch.tensor([0.0, 0.25, 0.5, 1.0]) if sit else torch.tensor([0, 250, 500, 999])  # SiT embeds t in [0, 1]
     if a.fp64:
         official.double(), model.double()
         x = x.double()
     with torch.no_grad():
         ref, ours = official(x, t, y), model(x, t, y)
+    if sit:  # SiT's forward returns the velocity half only
+        return {"learn_sigma": model.config.learn_sigma, "velocity_max_abs": float((ours[:, :8] - ref).abs().max()),
+                "output_max": float(ref.abs().max())}
     return {"learn_sigma": model.config.learn_sigma, "output_max_abs": float((ours - ref).abs().max()),
             "eps_half_max_abs": float((ours[:, :8] - ref[:, :8]).abs().max()), "output_max": float(ref.abs().max())}
 
 
-RUNS = {"dit": dit, "llamagen-vq": llamagen_vq, "llamagen-gpt": llamagen_gpt, "taming": taming, "vqgan-lc": vqgan_lc}
+def sit(a, tmp):
+    return dit(a, tmp, sit=True)
+
+
+RUNS = {"dit": dit, "sit": sit, "llamagen-vq": llamagen_vq, "llamagen-gpt": llamagen_gpt, "taming": taming, "vqgan-lc": vqgan_lc}
 
 
 def main(argv=None):

@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="vqgan-lc: vqgan-lc-100K-f16-dim8.pth + --codebook codebook-100K.pth + --config "
                                    "f16|f8 -> a VQTokenizer folder; dit-lc: a DiT-LC (or DiT) checkpoint + "
                                    "--tokenizer (a converted VQGAN-LC f16) -> a VQDiTPipeline folder with DiT-LC's "
-                                   "DDPM-250 learned-variance protocol; llamagen-vq: vq_ds16_c2i.pt / vq_ds8_c2i.pt -> a VQTokenizer folder; "
+                                   "DDPM-250 learned-variance protocol; sit-lc: the same for SiT-LC -> a "
+                                   "VQSiTPipeline; llamagen-vq: vq_ds16_c2i.pt / vq_ds8_c2i.pt -> a VQTokenizer folder; "
                                    "llamagen-gpt: c2i_B_256.pt ... + --tokenizer (a converted VQ) -> a VQGPTPipeline "
                                    "folder; taming: last.ckpt + --config model.yaml -> a VQTokenizer folder. Files are "
                                    "opened weights-only; the folder is written atomically.")
@@ -235,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--config", default=None, help="vqgan-lc: f16 (default) or f8; taming: the checkpoint's model.yaml")
     v.add_argument("--codebook", default=None, help="vqgan-lc: the frozen codebook file (codebook-100K.pth), when "
                                                     "the checkpoint does not hold tok_embeddings.weight")
-    v.add_argument("--tokenizer", default=None, help="llamagen-gpt / dit-lc: the converted tokenizer folder")
+    v.add_argument("--tokenizer", default=None, help="llamagen-gpt / dit-lc / sit-lc: the converted tokenizer folder")
     v.add_argument("--model", default=None, help="VQ-16 | VQ-8, or GPT-B ... GPT-XXXL (default: from the file name)")
     v.add_argument("--image-size", type=int, default=None, help="default: from the file name (c2i_B_384 -> 384), else 256")
     v.add_argument("--num-heads", type=int, default=None, help="llamagen-gpt / dit-lc: heads, for a width no named "

@@ -19,7 +19,7 @@ import yaml
 from diffusers import DDPMScheduler
 
 from lcgen.official_checkpoints import load_checkpoint, load_state_dict
-from lcgen.pipelines import VQDiTPipeline, VQGPTPipeline
+from lcgen.pipelines import VQDiTPipeline, VQGPTPipeline, VQSiTPipeline
 from lcgen.pipelines.imagenet import imagenet_id2label
 from lcgen.priors.published import dit_from_official
 from lcgen.tokenizer import VQTokenizer
@@ -27,7 +27,7 @@ from lcgen.tokenizer.published import (LLAMAGEN_VQ_MODELS, VQGAN_LC_DDCONFIGS, t
                                        tokenizer_from_taming, tokenizer_from_vqgan_lc)
 
 logger = logging.getLogger(__name__)
-SOURCES = ("vqgan-lc", "dit-lc", "llamagen-vq", "llamagen-gpt", "taming")
+SOURCES = ("vqgan-lc", "dit-lc", "sit-lc", "llamagen-vq", "llamagen-gpt", "taming")
 
 
 def dit_lc_scheduler() -> DDPMScheduler:
@@ -120,16 +120,23 @@ def convert(source: str, checkpoint: str, output: str, *, config: str | None = N
             raise ValueError(f"lcgen convert {source} needs --tokenizer (a converted tokenizer folder)")
         if not os.path.isfile(os.path.join(str(tokenizer), "config.json")):
             raise FileNotFoundError(f"--tokenizer {tokenizer} is not a saved VQTokenizer folder (no config.json)")
-    if source == "dit-lc":
+    if source in ("dit-lc", "sit-lc"):
         model = dit_from_official(load_state_dict(checkpoint, prefer=("ema", "model")), num_heads)
         tok = VQTokenizer.from_pretrained(tokenizer)
-        # DiT-LC models the raw pre-quantisation latent (no shift or scale) and guides at 8 (its cfg-scale)
-        result = VQDiTPipeline(tok, model, dit_lc_scheduler(), id2label=imagenet_id2label() if
-                               model.config.num_classes == 1000 else None, guidance_scale=8.0,
-                               num_inference_steps=250, latent_shift=0.0, latent_scale=1.0,
-                               info={"source": f"VQGAN-LC DiT-LC ({os.path.basename(checkpoint)})",
-                                     "sampling_protocol": "DDPM 250 steps, learned variance, guidance 8 "
-                                                          "(lcgen guides all 8 channels; DiT-LC guides 3)"})
+        # the LC priors model the raw pre-quantisation latent (no shift or scale); cfg-scale 8 in both scripts
+        common = dict(id2label=imagenet_id2label() if model.config.num_classes == 1000 else None,
+                      guidance_scale=8.0, latent_shift=0.0, latent_scale=1.0)
+        if source == "dit-lc":
+            result = VQDiTPipeline(tok, model, dit_lc_scheduler(), num_inference_steps=250, **common, info={
+                "source": f"VQGAN-LC DiT-LC ({os.path.basename(checkpoint)})",
+                "sampling_protocol": "DDPM 250 steps, learned variance, guidance 8 (lcgen guides all 8 channels; "
+                                     "DiT-LC guides 3)"})
+        else:  # SiT embeds t in [0, 1] itself; its learned-sigma half is unused by the interpolant
+            result = VQSiTPipeline(tok, model, path_type="linear", sampling_method="heun", num_inference_steps=125,
+                                   timestep_scale=1.0, **common, info={
+                                       "source": f"VQGAN-LC SiT-LC ({os.path.basename(checkpoint)})",
+                                       "sampling_protocol": "Heun ODE, 125 steps (250 evaluations), guidance 8; "
+                                                            "SiT-LC's own runs use adaptive dopri5 and guide 3 channels"})
     elif source == "llamagen-gpt":
         result = VQGPTPipeline.from_llamagen_gpt(VQTokenizer.from_pretrained(tokenizer), checkpoint, model, image_size,
                                                  num_heads, source=f"LlamaGen ({os.path.basename(checkpoint)})")

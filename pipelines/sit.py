@@ -14,7 +14,8 @@ from .diffusion import LatentPipeline
 class VQSiTPipeline(LatentPipeline):
     """Components: `vqvae` (VQTokenizer) and `transformer` (DiTModel predicting velocity). The
     interpolant (`path_type`: "linear" or "gvp") and the sampler defaults are pipeline settings; time
-    runs SiT's way, 0 = noise to 1 = data, and the network sees t * 1000."""
+    runs SiT's way, 0 = noise to 1 = data, and the network sees t * `timestep_scale` (1000 for lcgen's
+    own training, whose DiT embeds DDPM-sized steps; 1 for SiT's published checkpoints, which embed t)."""
 
     family = "sit"
     denoiser_name = "transformer"
@@ -23,8 +24,10 @@ class VQSiTPipeline(LatentPipeline):
     def __init__(self, vqvae: VQTokenizer, transformer: DiTModel, id2label: dict | None = None,
                  path_type: str = "linear", sampling_method: str = "euler", guidance_scale: float = 4.0,
                  num_inference_steps: int = 50, latent_shift: float = 0.0, latent_scale: float = 1.0,
-                 info: dict | None = None, latent_normalization: str = "global"):
+                 info: dict | None = None, latent_normalization: str = "global", timestep_scale: float = 1000.0):
         super().__init__()
+        if not isinstance(timestep_scale, (int, float)) or not timestep_scale > 0:
+            raise ValueError(f"timestep_scale must be a number > 0, got {timestep_scale!r}")
         if path_type not in PATHS:
             raise ValueError(f"path_type must be one of {PATHS}, got {path_type!r}")
         if sampling_method not in SAMPLERS:
@@ -35,7 +38,7 @@ class VQSiTPipeline(LatentPipeline):
         self._register_settings(id2label, path_type=path_type, sampling_method=sampling_method,
                                 guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
                                 latent_shift=latent_shift, latent_scale=latent_scale, info=info or {},
-                                latent_normalization=latent_normalization)
+                                latent_normalization=latent_normalization, timestep_scale=float(timestep_scale))
 
     def default_sampling(self) -> dict:
         c = self.config
@@ -74,7 +77,8 @@ class VQSiTPipeline(LatentPipeline):
 
         def velocity(x, t):
             # a learn_sigma model's second half is unused by the interpolant (SiT drops it too)
-            return self._model_output(x, torch.tensor(t * 1000.0, device=device), labels, scale)[:, :x.shape[1]]
+            t = torch.tensor(t * self.config.timestep_scale, device=device)
+            return self._model_output(x, t, labels, scale)[:, :x.shape[1]]
 
         x = Interpolant(self.config.path_type).sample(
             velocity, (len(labels), *self.latent_shape), steps, method, generator, device, self.denoiser.dtype,

@@ -507,3 +507,21 @@ def test_convert_dit_lc_writes_dit_lcs_sampling_protocol(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     out = pipe(class_id=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert out.shape == (1, 1, 28, 28)
+
+
+def test_convert_sit_lc_gives_the_network_t_in_0_1(tmp_path):
+    from lcgen.convert import convert
+    from lcgen.pipelines import load_pipeline
+    from tiny import tiny_tokenizer
+
+    tiny_tokenizer("looc", embed_dim=4).save_pretrained(str(tmp_path / "tok"))
+    torch.save({"ema": dit_state(grid=7, patch=1, channels=4)}, tmp_path / "sit-lc.pth")
+    convert("sit-lc", str(tmp_path / "sit-lc.pth"), str(tmp_path / "pipe"), tokenizer=str(tmp_path / "tok"), num_heads=4)
+    pipe = load_pipeline(str(tmp_path / "pipe"))
+    assert pipe.family == "sit" and pipe.config.timestep_scale == 1.0 and pipe.config.sampling_method == "heun"
+    seen = []
+    real = pipe._call_denoiser
+    pipe._call_denoiser = lambda x, t, labels: (seen.append(float(t.reshape(-1)[0])), real(x, t, labels))[1]
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(class_id=2, num_inference_steps=3, guidance_scale=1.0, output_type="pt").images
+    assert out.shape == (1, 1, 28, 28) and 0.0 <= min(seen) and max(seen) <= 1.0 and max(seen) > 0.5
