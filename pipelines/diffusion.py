@@ -31,16 +31,24 @@ class LatentPipeline(LCGenPipeline):
 
     def _model_output(self, x: torch.Tensor, t, labels: torch.Tensor, guidance_scale: float) -> torch.Tensor:
         """The prior's output at (x, t); with guidance the batch is doubled with the null class and
-        uncond + s * (cond - uncond) is taken over every latent channel (DiT/SiT's originals guide only
-        3). A learned-variance half (DiT's learn_sigma) is not guided: it comes from the conditional rows."""
+        uncond + s * (cond - uncond) is taken over every latent channel, or over the first
+        `guided_channels` only when that setting is given (DiT's and SiT's originals, and VQGAN-LC's
+        forks, guide 3). Unguided channels and a learned-variance half (DiT's learn_sigma) come from
+        the conditional rows, as in DiT's forward_with_cfg."""
         if guidance_scale == 1.0:
             return self._call_denoiser(x, t, labels)
         null = torch.full_like(labels, self.num_classes)
         out = self._call_denoiser(torch.cat([x, x]), t, torch.cat([labels, null]))
         cond, uncond = out.chunk(2)
-        c = x.shape[1]
-        guided = uncond[:, :c] + guidance_scale * (cond[:, :c] - uncond[:, :c])
-        return torch.cat([guided, cond[:, c:]], 1) if out.shape[1] > c else guided
+        g = getattr(self.config, "guided_channels", None) or x.shape[1]
+        guided = uncond[:, :g] + guidance_scale * (cond[:, :g] - uncond[:, :g])
+        return torch.cat([guided, cond[:, g:]], 1)
+
+    def _check_guided_channels(self, guided_channels, denoiser) -> None:
+        channels = denoiser.config.in_channels
+        if guided_channels is not None and (not isinstance(guided_channels, int) or isinstance(guided_channels, bool)
+                                            or not 1 <= guided_channels <= channels):
+            raise ValueError(f"guided_channels must be None (all) or an int in [1, {channels}], got {guided_channels!r}")
 
     def _scheduler_input(self, out: torch.Tensor, channels: int) -> torch.Tensor:
         """What the scheduler reads: the whole output for a learned-variance scheduler
@@ -80,11 +88,11 @@ class NoisePredictionPipeline(LatentPipeline):
     Subclasses register `vqvae`, the denoiser and `scheduler`."""
 
     def _init_settings(self, id2label, guidance_scale, num_inference_steps, latent_shift, latent_scale, info,
-                       latent_normalization):
+                       latent_normalization, **extra):
         self._check_normalization(latent_normalization)
         self._register_settings(id2label, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
                                 latent_shift=latent_shift, latent_scale=latent_scale, info=info or {},
-                                latent_normalization=latent_normalization)
+                                latent_normalization=latent_normalization, **extra)
 
     def default_sampling(self) -> dict:
         return {"guidance_scale": self.config.guidance_scale, "num_inference_steps": self.config.num_inference_steps,

@@ -24,8 +24,10 @@ class VQSiTPipeline(LatentPipeline):
     def __init__(self, vqvae: VQTokenizer, transformer: DiTModel, id2label: dict | None = None,
                  path_type: str = "linear", sampling_method: str = "euler", guidance_scale: float = 4.0,
                  num_inference_steps: int = 50, latent_shift: float = 0.0, latent_scale: float = 1.0,
-                 info: dict | None = None, latent_normalization: str = "global", timestep_scale: float = 1000.0):
+                 info: dict | None = None, latent_normalization: str = "global", timestep_scale: float = 1000.0,
+                 guided_channels: int | None = None):
         super().__init__()
+        self._check_guided_channels(guided_channels, transformer)
         if not isinstance(timestep_scale, (int, float)) or not timestep_scale > 0:
             raise ValueError(f"timestep_scale must be a number > 0, got {timestep_scale!r}")
         if path_type not in PATHS:
@@ -38,7 +40,8 @@ class VQSiTPipeline(LatentPipeline):
         self._register_settings(id2label, path_type=path_type, sampling_method=sampling_method,
                                 guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
                                 latent_shift=latent_shift, latent_scale=latent_scale, info=info or {},
-                                latent_normalization=latent_normalization, timestep_scale=float(timestep_scale))
+                                latent_normalization=latent_normalization, timestep_scale=float(timestep_scale),
+                                guided_channels=guided_channels)
 
     def default_sampling(self) -> dict:
         c = self.config

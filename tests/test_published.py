@@ -486,6 +486,14 @@ def test_learned_variance_pipeline_guides_the_prediction_and_keeps_the_condition
     assert images.shape == (2, 1, 28, 28) and torch.isfinite(images).all()
     ddim = VQDiTPipeline(tok, model, DDIMScheduler(num_train_timesteps=1000), num_inference_steps=3)
     assert ddim._scheduler_input(out, 4).shape[1] == 4  # other schedulers get the prediction half
+    # DiT's and DiT-LC's own choice, on request: guide the first 3 latent channels, the rest from the cond rows
+    three = VQDiTPipeline(tok, model, learned, guided_channels=3)
+    three._call_denoiser = lambda x, t, labels: torch.cat([cond, uncond])
+    out = three._model_output(torch.zeros(2, 4, 7, 7), 10, torch.tensor([0, 1]), 2.0)
+    assert torch.equal(out[:, :3], torch.full((2, 3, 7, 7), 5.0)) and torch.equal(out[:, 3:4], cond[:, 3:4])
+    assert torch.equal(out[:, 4:], cond[:, 4:])
+    with pytest.raises(ValueError, match="guided_channels"):
+        VQDiTPipeline(tok, model, learned, guided_channels=5)
 
 
 def test_convert_dit_lc_writes_dit_lcs_sampling_protocol(tmp_path):
