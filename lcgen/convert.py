@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 
@@ -23,7 +22,7 @@ from lcgen.pipelines import VQDiTPipeline, VQGPTPipeline, VQSiTPipeline
 from lcgen.pipelines.imagenet import imagenet_id2label
 from lcgen.priors.published import dit_from_official
 from lcgen.tokenizer import VQTokenizer
-from lcgen.tokenizer.published import (LLAMAGEN_VQ_MODELS, VQGAN_LC_DDCONFIGS, tokenizer_from_llamagen,
+from lcgen.tokenizer.published import (VQGAN_LC_DDCONFIGS, llamagen_vq_model, tokenizer_from_llamagen,
                                        tokenizer_from_taming, tokenizer_from_vqgan_lc)
 
 logger = logging.getLogger(__name__)
@@ -72,15 +71,6 @@ def save_atomically(model, output: str) -> str:
     return output
 
 
-def llamagen_vq_model(checkpoint: str, model: str | None) -> str:
-    """VQ-8 for LlamaGen's `vq_ds8_*` files, VQ-16 otherwise, unless given."""
-    if model is not None:
-        if model not in LLAMAGEN_VQ_MODELS:
-            raise ValueError(f"unknown LlamaGen VQ model {model!r}; expected one of {sorted(LLAMAGEN_VQ_MODELS)}")
-        return model
-    return "VQ-8" if re.search(r"ds8", os.path.basename(checkpoint)) else "VQ-16"
-
-
 def convert(source: str, checkpoint: str, output: str, *, config: str | None = None, codebook: str | None = None,
             tokenizer: str | None = None,
             model: str | None = None, image_size: int | None = None, num_heads: int | None = None,
@@ -113,36 +103,42 @@ def convert(source: str, checkpoint: str, output: str, *, config: str | None = N
         result = tokenizer_from_taming(load_state_dict(checkpoint, prefer=("state_dict",)), params["ddconfig"],
                                        params["n_embed"], params["embed_dim"])
     elif source == "llamagen-vq":
-        result = tokenizer_from_llamagen(load_state_dict(checkpoint), llamagen_vq_model(checkpoint, model),
-                                         image_size or 256)
+        vq_model = llamagen_vq_model(checkpoint, model)  # a bad --model fails before the file is read
+        result = tokenizer_from_llamagen(load_state_dict(checkpoint), vq_model, image_size or 256)
     else:
         if tokenizer is None:
             raise ValueError(f"lcgen convert {source} needs --tokenizer (a converted tokenizer folder)")
         if not os.path.isfile(os.path.join(str(tokenizer), "config.json")):
             raise FileNotFoundError(f"--tokenizer {tokenizer} is not a saved VQTokenizer folder (no config.json)")
-    if source in ("dit-lc", "sit-lc"):
-        model = dit_from_official(load_state_dict(checkpoint, prefer=("ema", "model")), num_heads)
         tok = VQTokenizer.from_pretrained(tokenizer)
-        # the LC priors model the raw pre-quantisation latent (no shift or scale); cfg-scale 8 in both scripts
-        common = dict(id2label=imagenet_id2label() if model.config.num_classes == 1000 else None,
-                      guidance_scale=8.0, latent_shift=0.0, latent_scale=1.0)
-        if source == "dit-lc":
-            result = VQDiTPipeline(tok, model, dit_lc_scheduler(), num_inference_steps=250, **common, info={
-                "source": f"VQGAN-LC DiT-LC ({os.path.basename(checkpoint)})",
-                "sampling_protocol": "DDPM 250 steps, learned variance, guidance 8 (lcgen guides all 8 channels; "
-                                     "DiT-LC guides 3)"})
-        else:  # SiT embeds t in [0, 1] itself; its learned-sigma half is unused by the interpolant
-            result = VQSiTPipeline(tok, model, path_type="linear", sampling_method="heun", num_inference_steps=125,
-                                   timestep_scale=1.0, **common, info={
-                                       "source": f"VQGAN-LC SiT-LC ({os.path.basename(checkpoint)})",
-                                       "sampling_protocol": "Heun ODE, 125 steps (250 evaluations), guidance 8; "
-                                                            "SiT-LC's own runs use adaptive dopri5 and guide 3 channels"})
-    elif source == "llamagen-gpt":
-        result = VQGPTPipeline.from_llamagen_gpt(VQTokenizer.from_pretrained(tokenizer), checkpoint, model, image_size,
-                                                 num_heads, source=f"LlamaGen ({os.path.basename(checkpoint)})")
+        if source == "llamagen-gpt":
+            result = VQGPTPipeline.from_llamagen_gpt(tok, checkpoint, model, image_size, num_heads,
+                                                     source=f"LlamaGen ({os.path.basename(checkpoint)})")
+        else:
+            result = lc_latent_pipeline(source, checkpoint, tok, num_heads)
     save_atomically(result, output)
     logger.info(f"converted {source} checkpoint {checkpoint} -> {output}")
     if push_to_hub:
         result.push_to_hub(push_to_hub)
         logger.info(f"pushed {output} to the Hub as {push_to_hub}")
     return output
+
+
+def lc_latent_pipeline(source: str, checkpoint: str, tok: VQTokenizer, num_heads: int | None = None):
+    """DiT-LC / SiT-LC (EMA weights) on a converted VQGAN-LC tokenizer, with their papers' sampling settings.
+    Both model the raw pre-quantisation latent (no shift or scale) and sample at cfg-scale 8."""
+    prior = dit_from_official(load_state_dict(checkpoint, prefer=("ema", "model")), num_heads)
+    common = dict(id2label=imagenet_id2label() if prior.config.num_classes == 1000 else None,
+                  guidance_scale=8.0, latent_shift=0.0, latent_scale=1.0)
+    name = os.path.basename(checkpoint)
+    if source == "dit-lc":
+        return VQDiTPipeline(tok, prior, dit_lc_scheduler(), num_inference_steps=250, **common, info={
+            "source": f"VQGAN-LC DiT-LC ({name})",
+            "sampling_protocol": "DDPM 250 steps, learned variance, guidance 8 (lcgen guides all 8 channels; "
+                                 "DiT-LC guides 3: guided_channels=3)"})
+    # SiT embeds t in [0, 1] itself; its learned-sigma half is unused by the interpolant
+    return VQSiTPipeline(tok, prior, path_type="linear", sampling_method="heun", num_inference_steps=125,
+                         timestep_scale=1.0, **common, info={
+                             "source": f"VQGAN-LC SiT-LC ({name})",
+                             "sampling_protocol": "Heun ODE, 125 steps (250 evaluations), guidance 8; SiT-LC's own "
+                                                  "runs use adaptive dopri5 and guide 3 channels (guided_channels=3)"})

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 
 import torch
 from huggingface_hub import hf_hub_download
@@ -11,7 +10,7 @@ from lcgen.official_checkpoints import load_state_dict
 from lcgen.priors.gpt import GPTPrior
 from lcgen.priors.published import gpt_from_llamagen, parse_llamagen_name
 from lcgen.tokenizer.model import VQTokenizer
-from lcgen.tokenizer.published import tokenizer_from_llamagen
+from lcgen.tokenizer.published import llamagen_vq_model, tokenizer_from_llamagen
 
 from .base import LCGenPipeline
 from .imagenet import imagenet_id2label
@@ -104,7 +103,7 @@ class VQGPTPipeline(LCGenPipeline):
         arguments (guidance_scale, temperature, top_k, top_p).
         """
         model, image_size = _llamagen_settings(gpt, model, image_size, sampling)
-        vq_model = vq_model or ("VQ-8" if re.search(r"ds8", os.path.basename(vq)) else "VQ-16")
+        vq_model = llamagen_vq_model(vq, vq_model)
 
         def fetch(filename):
             if os.path.isdir(repo_id_or_path):

@@ -86,7 +86,8 @@ class DiTModel(ModelMixin, ConfigMixin):
         in_channels: latent channels (8 for VQGAN-LC); the output has the same number.
         hidden_size, num_layers, num_heads, mlp_ratio: see DIT_SIZES.
         num_classes: classes; the label table has num_classes + 1 rows, the last is the null class
-            (0 = unconditional). Timesteps are floats: DDPM steps in [0, 1000), SiT's t scaled by 1000.
+            (0 = unconditional). Timesteps are floats: DDPM steps in [0, 1000), SiT's t times the SiT
+            pipeline's timestep_scale (1000 for lcgen's training, 1 for converted SiT checkpoints).
         learn_sigma: output 2 * in_channels channels (prediction, then the learned variance values).
     """
 

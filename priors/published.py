@@ -56,7 +56,7 @@ def parse_llamagen_name(filename: str) -> tuple[str, int]:
 
 def gpt_from_llamagen(state: dict[str, torch.Tensor], model: str | None = "GPT-B", image_size: int = 256,
                       downsample_size: int = 16, num_heads: int | None = None, rope_base: float = 10000.0) -> GPTPrior:
-    """A LlamaGen c2i GPT state dict (`torch.load(c2i_B_256.pt)["model"]`) -> `GPTPrior` (eval mode).
+    """A LlamaGen c2i GPT state dict (the "model" entry of c2i_B_256.pt, or an FSDP file itself) -> `GPTPrior` (eval).
 
     The vocabulary, width, depth and class count come from the weights; the head count from `model`
     (LlamaGen's GPT_models) or `num_heads`; the token grid from image_size / downsample_size."""
@@ -92,10 +92,9 @@ def gpt_from_llamagen(state: dict[str, torch.Tensor], model: str | None = "GPT-B
         weights = {_rename(k, "layers", _LAYER, _TOP): v for k, v in state.items()}
     except KeyError as e:
         raise ValueError(f"unexpected key {e.args[0]!r} in the LlamaGen GPT checkpoint") from None
-    take(weights, {k: tuple(v.shape) for k, v in prior.state_dict().items()}, f"LlamaGen {model}")
+    take(weights, {k: tuple(v.shape) for k, v in prior.state_dict().items()}, f"LlamaGen {model or 'GPT'}")
     prior.load_state_dict(weights, strict=True)
     return prior.eval()
-
 
 
 # DiT's models.py names -> lcgen DiTModel names (blocks.i.* and the final layer)
@@ -130,11 +129,11 @@ def dit_from_official(state: dict[str, torch.Tensor], num_heads: int | None = No
         num_heads = heads[width]
     layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / width
+    if not torch.allclose(state["pos_embed"].float(), sincos_2d(width, grid)[None], atol=1e-6):
+        raise ValueError("the checkpoint's pos_embed is not DiT's fixed 2-D sin-cos table")
     model = DiTModel(sample_size=grid * patch, patch_size=patch, in_channels=channels, hidden_size=width,
                      num_layers=layers, num_heads=num_heads, mlp_ratio=mlp_ratio,
                      num_classes=state["y_embedder.embedding_table.weight"].shape[0] - 1, learn_sigma=out == 2 * channels)
-    if not torch.allclose(state["pos_embed"].float(), sincos_2d(width, grid)[None], atol=1e-6):
-        raise ValueError("the checkpoint's pos_embed is not DiT's fixed 2-D sin-cos table")
     try:
         weights = {_rename(k, "blocks", _DIT_BLOCK, _DIT_TOP): v for k, v in state.items() if k != "pos_embed"}
     except KeyError as e:

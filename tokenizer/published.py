@@ -22,6 +22,7 @@ l2-normalises latents and codes; taming uses `attn_resolutions` from its config 
 """
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -107,6 +108,15 @@ def _load_into(model: VQTokenizer, weights: dict[str, torch.Tensor], source: str
     return model.eval()
 
 
+def llamagen_vq_model(checkpoint: str, model: str | None = None) -> str:
+    """`model` checked, or read from LlamaGen's file name: VQ-8 for `vq_ds8_*`, VQ-16 otherwise."""
+    if model is not None:
+        if model not in LLAMAGEN_VQ_MODELS:
+            raise ValueError(f"unknown LlamaGen VQ model {model!r}; expected one of {sorted(LLAMAGEN_VQ_MODELS)}")
+        return model
+    return "VQ-8" if re.search(r"ds8", os.path.basename(checkpoint)) else "VQ-16"
+
+
 def llamagen_vq_config(model: str = "VQ-16", codebook_size: int = 16384, codebook_embed_dim: int = 8,
                        image_size: int = 256, ch: int = 128, z_channels: int = 256) -> dict:
     """The `VQTokenizer` config of LlamaGen's `VQ_models[model]` (its `ModelArgs` defaults otherwise)."""
@@ -123,7 +133,7 @@ def llamagen_vq_config(model: str = "VQ-16", codebook_size: int = 16384, codeboo
 
 
 def tokenizer_from_llamagen(state: dict[str, torch.Tensor], model: str = "VQ-16", image_size: int = 256) -> VQTokenizer:
-    """A LlamaGen VQ state dict (`torch.load(vq_ds16_c2i.pt)["model"]`) -> `VQTokenizer`.
+    """A LlamaGen VQ state dict (the "model" entry of vq_ds16_c2i.pt, as `load_state_dict` reads it) -> `VQTokenizer`.
     K and the code dim come from `quantize.embedding.weight`, the widths (ch 128, z 256 in the published
     files) from the encoder's first and last convs; the usage ring buffer is dropped."""
     state = {k: v for k, v in state.items() if k != "quantize.codebook_used"}
@@ -176,7 +186,7 @@ _VQGAN_LC_DROPPED = ("discriminator.", "perceptual_loss.")
 
 def tokenizer_from_vqgan_lc(state: dict[str, torch.Tensor], config: str = "f16",
                             codebook: torch.Tensor | None = None) -> VQTokenizer:
-    """A VQGAN-LC tokenizer state dict (`torch.load(vqgan-lc-100K-f16-dim8.pth)["state_dict"]`) -> `VQTokenizer`
+    """A VQGAN-LC tokenizer state dict (the "state_dict" entry of vqgan-lc-100K-f16-dim8.pth) -> `VQTokenizer`
     with the "lc" quantizer: the frozen codebook (K, 768) projected by the trained linear layer, l2 search.
 
     The frozen codebook is `tok_embeddings.weight` when the checkpoint holds it, else `codebook` (the
