@@ -6,6 +6,7 @@ lcgen model; prints the largest differences as JSON.
     python benchmarks/published_parity.py llamagen-gpt --official /path/to/LlamaGen [--model GPT-B --image-size 256]
     python benchmarks/published_parity.py taming       --official /path/to/taming-transformers [--fp64]   # needs einops
     python benchmarks/published_parity.py vqgan-lc     --official /path/to/VQGAN-LC/vqgan-gpt-lc [--fp64]  # needs einops
+    python benchmarks/published_parity.py gpt-lc       --official /path/to/VQGAN-LC/vqgan-gpt-lc  # needs omegaconf
     python benchmarks/published_parity.py dit          --official /path/to/VQGAN-LC/dit-lc (or DiT)  # needs timm
     python benchmarks/published_parity.py sit          --official /path/to/VQGAN-LC/sit-lc (or SiT)  # needs timm
 
@@ -13,7 +14,8 @@ Each run writes the weights as the official training scripts save them (a dict w
 "state_dict"), converts that file with lcgen, and compares: tokenizers on 2 random 256 px images
 (indices, latents, reconstructions, and the decoder alone on the official codes); the LlamaGen GPT on
 teacher-forced logits and on two sampling runs with the same seed (guidance 4 + top-k 2000, and none);
-DiT-XL/2 (DiT-LC's: 8 latent channels at 16x16, learned sigma) on its output for random latents,
+GPT-LC (minGPT, 24 x 1024, 100,000 + 1,000 tokens) on teacher-forced logits, and a 4-layer one on
+VQGANTransformer.sample against lcgen's sampler with the same seed; DiT-XL/2 (DiT-LC's: 8 latent channels at 16x16, learned sigma) on its output for random latents,
 timesteps and classes.
 With --fp64 both sides run in float64 (lcgen's quantizer still searches in fp32 by design), which
 separates a difference of arithmetic order (~1e-5 in fp32) from a difference of architecture.
@@ -30,7 +32,7 @@ import torch
 import yaml
 
 from lcgen.official_checkpoints import load_checkpoint, load_state_dict
-from lcgen.priors.published import dit_from_official, gpt_from_llamagen
+from lcgen.priors.published import dit_from_official, gpt_from_llamagen, gpt_from_vqgan_lc
 from lcgen.tokenizer.published import tokenizer_from_llamagen, tokenizer_from_taming, tokenizer_from_vqgan_lc
 
 
@@ -166,6 +168,43 @@ def vqgan_lc(a, tmp):
     return out
 
 
+def gpt_lc(a, tmp):
+    from models.mingpt import GPT
+    from models.models_gpt import VQGANTransformer
+
+    class Sampler:  # VQGANTransformer's own sample / top_k_logits on a bare minGPT (no tokenizer needed)
+        sample, top_k_logits = VQGANTransformer.sample, VQGANTransformer.top_k_logits
+
+        def __init__(self, transformer, k):
+            self.transformer, self.args = transformer, argparse.Namespace(n_vision_words=k)
+
+    out, k, cls = {}, 100_000, torch.tensor([207, 3])
+    # models_gpt.py's GPT-LC at full size for the logits; a 4-layer one for the 256 sampling steps,
+    # which minGPT runs without a KV cache
+    for name, (layers, heads, width) in (("gpt_lc_24x1024", (24, 16, 1024)), ("mingpt_4x256_sampling", (4, 16, 256))):
+        torch.manual_seed(0)
+        official = GPT(vocab_size=k + 1000, block_size=257, n_layer=layers, n_head=heads, n_embd=width).eval()
+        perturb(official)
+        path = os.path.join(tmp, "gpt-lc.pth")
+        torch.save({"transformer." + n: v for n, v in official.state_dict().items()}, path)
+        prior = gpt_from_vqgan_lc(load_state_dict(path), num_classes=1000, grid_size=16, num_heads=heads)
+        r = out[name] = {}
+        with torch.no_grad():
+            if layers == 24:
+                idx = torch.randint(0, k, (2, 256))
+                logits, _ = official(torch.cat([cls[:, None] + k, idx[:, :-1]], 1))
+                r["logits_max_abs"] = float((logits[..., :k] - prior(idx.view(2, 16, 16), cls)[:, :, 0]).abs().max())
+                r["logits_max"] = float(logits.abs().max())
+                continue
+            for top_k in (100_000, 100):  # runTestGPT.sh's top-k (all codes), and a truncating one
+                torch.manual_seed(123)  # GPT-LC samples from the global generator
+                ref = Sampler(official, k).sample(None, cls[:, None] + k, steps=256, top_k=top_k)
+                ours = prior.generate(cls, guidance_scale=1.0, top_k=top_k, generator=torch.Generator().manual_seed(123))
+                r[f"tokens_identical_topk{top_k}"] = bool(torch.equal(ours.flatten(1), ref))
+                r[f"tokens_same_share_topk{top_k}"] = float((ours.flatten(1) == ref).float().mean())
+    return out
+
+
 def dit(a, tmp, sit=False):
     import models
 
@@ -194,7 +233,7 @@ def sit(a, tmp):
     return dit(a, tmp, sit=True)
 
 
-RUNS = {"dit": dit, "sit": sit, "llamagen-vq": llamagen_vq, "llamagen-gpt": llamagen_gpt, "taming": taming, "vqgan-lc": vqgan_lc}
+RUNS = {"gpt-lc": gpt_lc, "dit": dit, "sit": sit, "llamagen-vq": llamagen_vq, "llamagen-gpt": llamagen_gpt, "taming": taming, "vqgan-lc": vqgan_lc}
 
 
 def main(argv=None):

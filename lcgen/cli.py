@@ -223,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("convert", help="a published checkpoint (VQGAN-LC, LlamaGen VQ/GPT, taming) -> an lcgen folder",
                        description="vqgan-lc: vqgan-lc-100K-f16-dim8.pth + --codebook codebook-100K.pth + --config "
-                                   "f16|f8 -> a VQTokenizer folder; dit-lc: a DiT-LC (or DiT) checkpoint + "
+                                   "f16|f8 -> a VQTokenizer folder; gpt-lc: gpt-lc-100K-f16.pth (it holds its tokenizer: --codebook "
+                                   "and --config as for vqgan-lc, or --tokenizer) -> a VQGPTPipeline folder with GPT-LC's "
+                                   "sampling; dit-lc: a DiT-LC (or DiT) checkpoint + "
                                    "--tokenizer (a converted VQGAN-LC f16) -> a VQDiTPipeline folder with DiT-LC's "
                                    "DDPM-250 learned-variance protocol; sit-lc: the same for SiT-LC -> a "
                                    "VQSiTPipeline; llamagen-vq: vq_ds16_c2i.pt / vq_ds8_c2i.pt -> a VQTokenizer folder; "
@@ -233,14 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("source", choices=CONVERT_SOURCES)
     v.add_argument("--checkpoint", required=True, help="the official .pt / .ckpt file")
     v.add_argument("--output", required=True, help="the folder to write")
-    v.add_argument("--config", default=None, help="vqgan-lc: f16 (default) or f8; taming: the checkpoint's model.yaml")
-    v.add_argument("--codebook", default=None, help="vqgan-lc: the frozen codebook file (codebook-100K.pth), when "
+    v.add_argument("--config", default=None, help="vqgan-lc / gpt-lc: f16 (default) or f8; taming: the checkpoint's "
+                                                  "model.yaml")
+    v.add_argument("--codebook", default=None, help="vqgan-lc / gpt-lc: the frozen codebook file (codebook-100K.pth), when "
                                                     "the checkpoint does not hold tok_embeddings.weight")
-    v.add_argument("--tokenizer", default=None, help="llamagen-gpt / dit-lc / sit-lc: the converted tokenizer folder")
+    v.add_argument("--tokenizer", default=None, help="llamagen-gpt / dit-lc / sit-lc (gpt-lc: optional): the converted "
+                                                     "tokenizer folder")
     v.add_argument("--model", default=None, help="VQ-16 | VQ-8, or GPT-B ... GPT-XXXL (default: from the file name)")
     v.add_argument("--image-size", type=int, default=None, help="default: from the file name (c2i_B_384 -> 384), else 256")
-    v.add_argument("--num-heads", type=int, default=None, help="llamagen-gpt / dit-lc: heads, for a width no named "
-                                                               "size has")
+    v.add_argument("--num-heads", type=int, default=None, help="llamagen-gpt / gpt-lc / dit-lc: heads, for a width "
+                                                               "no named size has")
     v.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     v.add_argument("--push_to_hub", "--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repo")
     v.set_defaults(func=cmd_convert)

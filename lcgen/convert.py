@@ -20,13 +20,13 @@ from diffusers import DDPMScheduler
 from lcgen.official_checkpoints import load_checkpoint, load_state_dict
 from lcgen.pipelines import VQDiTPipeline, VQGPTPipeline, VQSiTPipeline
 from lcgen.pipelines.imagenet import imagenet_id2label
-from lcgen.priors.published import dit_from_official
+from lcgen.priors.published import dit_from_official, gpt_from_vqgan_lc
 from lcgen.tokenizer import VQTokenizer
 from lcgen.tokenizer.published import (VQGAN_LC_DDCONFIGS, llamagen_vq_model, tokenizer_from_llamagen,
                                        tokenizer_from_taming, tokenizer_from_vqgan_lc)
 
 logger = logging.getLogger(__name__)
-SOURCES = ("vqgan-lc", "dit-lc", "sit-lc", "llamagen-vq", "llamagen-gpt", "taming")
+SOURCES = ("vqgan-lc", "gpt-lc", "dit-lc", "sit-lc", "llamagen-vq", "llamagen-gpt", "taming")
 
 
 def dit_lc_scheduler() -> DDPMScheduler:
@@ -83,15 +83,16 @@ def convert(source: str, checkpoint: str, output: str, *, config: str | None = N
     if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
         raise ValueError(f"--image-size must be a positive int, got {image_size!r}")
     if source == "vqgan-lc":
-        config = config or "f16"
-        if config not in VQGAN_LC_DDCONFIGS:
-            raise ValueError(f"lcgen convert vqgan-lc: --config must be one of {sorted(VQGAN_LC_DDCONFIGS)}, got {config!r}")
-        if codebook is not None:
-            _check_file("--codebook", codebook)
-        frozen = None if codebook is None else load_checkpoint(codebook)
-        if frozen is not None and not isinstance(frozen, torch.Tensor):
-            raise ValueError(f"--codebook {codebook} does not hold a (K, D) tensor")
+        config, frozen = _vqgan_lc_options(source, config, codebook)
         result = tokenizer_from_vqgan_lc(load_state_dict(checkpoint, prefer=("state_dict", "model")), config, frozen)
+    elif source == "gpt-lc" and tokenizer is None:
+        # GPT-LC's file holds its tokenizer too (VQGANTransformer's `vqgan.*` keys)
+        config, frozen = _vqgan_lc_options(source, config, codebook)
+        state = load_state_dict(checkpoint, prefer=("module", "model"))
+        vq = {k[len("vqgan."):]: v for k, v in state.items() if k.startswith("vqgan.")}
+        if not vq:
+            raise ValueError(f"{checkpoint} holds no tokenizer (no vqgan.* keys): pass --tokenizer")
+        result = gpt_lc_pipeline(tokenizer_from_vqgan_lc(vq, config, frozen), state, checkpoint, num_heads)
     elif source == "taming":
         if config is None:
             raise ValueError("lcgen convert taming needs --config (the checkpoint's model.yaml)")
@@ -111,7 +112,10 @@ def convert(source: str, checkpoint: str, output: str, *, config: str | None = N
         if not os.path.isfile(os.path.join(str(tokenizer), "config.json")):
             raise FileNotFoundError(f"--tokenizer {tokenizer} is not a saved VQTokenizer folder (no config.json)")
         tok = VQTokenizer.from_pretrained(tokenizer)
-        if source == "llamagen-gpt":
+        if source == "gpt-lc":
+            result = gpt_lc_pipeline(tok, load_state_dict(checkpoint, prefer=("module", "model")), checkpoint,
+                                     num_heads)
+        elif source == "llamagen-gpt":
             result = VQGPTPipeline.from_llamagen_gpt(tok, checkpoint, model, image_size, num_heads,
                                                      source=f"LlamaGen ({os.path.basename(checkpoint)})")
         else:
@@ -122,6 +126,40 @@ def convert(source: str, checkpoint: str, output: str, *, config: str | None = N
         result.push_to_hub(push_to_hub)
         logger.info(f"pushed {output} to the Hub as {push_to_hub}")
     return output
+
+
+def _vqgan_lc_options(source: str, config: str | None, codebook: str | None):
+    """--config (f16 / f8) and the frozen codebook tensor of --codebook (None when not given)."""
+    config = config or "f16"
+    if config not in VQGAN_LC_DDCONFIGS:
+        raise ValueError(f"lcgen convert {source}: --config must be one of {sorted(VQGAN_LC_DDCONFIGS)}, got {config!r}")
+    if codebook is not None:
+        _check_file("--codebook", codebook)
+    frozen = None if codebook is None else load_checkpoint(codebook)
+    if frozen is not None and not isinstance(frozen, torch.Tensor):
+        raise ValueError(f"--codebook {codebook} does not hold a (K, D) tensor")
+    return config, frozen
+
+
+def gpt_lc_pipeline(tok: VQTokenizer, state: dict, checkpoint: str, num_heads: int | None = None) -> VQGPTPipeline:
+    """GPT-LC on a VQGAN-LC tokenizer with GPT-LC's sampling (its VQGANTransformer.sample as
+    runTestGPT.sh calls it): no guidance, temperature 1, top-k 100,000 = every code, i.e. off."""
+    if "transformer.tok_emb.weight" not in state:
+        raise ValueError(f"{checkpoint} is not a GPT-LC checkpoint (no transformer.tok_emb.weight)")
+    # minGPT's vocabulary is the tokenizer's K codes followed by the class tokens
+    num_classes = state["transformer.tok_emb.weight"].shape[0] - tok.config.codebook_size
+    if num_classes <= 0:
+        raise ValueError(f"the GPT-LC vocabulary ({state['transformer.tok_emb.weight'].shape[0]}) is not larger than "
+                         f"the tokenizer's {tok.config.codebook_size} codes: another tokenizer?")
+    prior = gpt_from_vqgan_lc(state, num_classes=num_classes, grid_size=tok.config.resolution // tok.downsample_factor,
+                              num_heads=num_heads)
+    id2label = imagenet_id2label() if num_classes == 1000 else None
+    return VQGPTPipeline(tok, prior, id2label=id2label, guidance_scale=1.0, temperature=1.0, top_k=None,
+                         top_p=None, info={
+                             "source": f"VQGAN-LC GPT-LC ({os.path.basename(checkpoint)})",
+                             "dataset": "ImageNet" if id2label else None,
+                             "sampling_protocol": "GPT-LC: no guidance (its null class was never trained), "
+                                                  "temperature 1, top-k off (100,000 = all codes)"})
 
 
 def lc_latent_pipeline(source: str, checkpoint: str, tok: VQTokenizer, num_heads: int | None = None):

@@ -38,6 +38,8 @@ GPT_SIZES = {
 
 
 POSITION_SCHEMES = ("learned", "rope_2d")
+NORM_TYPES = ("rmsnorm", "layernorm")
+FFN_TYPES = ("swiglu", "gelu")
 
 
 def _find_multiple(n: int, k: int) -> int:
@@ -70,11 +72,11 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 class _Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float):
+    def __init__(self, dim: int, heads: int, dropout: float, bias: bool = False):
         super().__init__()
         self.heads, self.dropout = heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x, cache=None, pos: int = 0, rope=None):
         b, t, d = x.shape
@@ -91,20 +93,38 @@ class _Attention(nn.Module):
 
 
 class _FeedForward(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    """LlamaGen's SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False):
         super().__init__()
-        self.w1, self.w3 = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w1, self.w3 = nn.Linear(dim, hidden, bias=bias), nn.Linear(dim, hidden, bias=bias)
+        self.w2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
-class _Block(nn.Module):
-    def __init__(self, dim, heads, hidden, dropout, eps):
+class _GeluFeedForward(nn.Module):
+    """GPT-2's / minGPT's MLP: fc2(gelu(fc1 x)) with the exact (erf) GELU."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = True):
         super().__init__()
-        self.attn_norm, self.ffn_norm = nn.RMSNorm(dim, eps=eps), nn.RMSNorm(dim, eps=eps)
-        self.attn, self.ffn = _Attention(dim, heads, dropout), _FeedForward(dim, hidden)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden, bias=bias), nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def _norm(norm_type: str, dim: int, eps: float) -> nn.Module:
+    return nn.RMSNorm(dim, eps=eps) if norm_type == "rmsnorm" else nn.LayerNorm(dim, eps=eps)
+
+
+class _Block(nn.Module):
+    def __init__(self, dim, heads, hidden, dropout, eps, norm_type="rmsnorm", ffn_type="swiglu", bias=False):
+        super().__init__()
+        self.attn_norm, self.ffn_norm = _norm(norm_type, dim, eps), _norm(norm_type, dim, eps)
+        self.attn = _Attention(dim, heads, dropout, bias)
+        self.ffn = (_FeedForward if ffn_type == "swiglu" else _GeluFeedForward)(dim, hidden, bias)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, cache=None, pos=0, rope=None):
@@ -126,16 +146,23 @@ class GPTPrior(ModelMixin, ConfigMixin):
         norm_eps: RMSNorm epsilon (LlamaGen: 1e-5).
         position_scheme: "learned" (absolute embeddings, one vector per position) or "rope_2d" (LlamaGen's
             2-D rotary embedding of queries and keys, see `rope_2d_table`); rope_base: its base.
+        norm_type: "rmsnorm" (LlamaGen) or "layernorm" (GPT-2 / minGPT, VQGAN-LC's GPT-LC).
+        ffn_type: "swiglu" (LlamaGen; hidden from ffn_multiple_of) or "gelu" (GPT-2 / minGPT: 4 x hidden_size).
+        bias: biases in the attention and feed-forward linears (minGPT: True; LlamaGen: False). The head
+            has none in either.
     """
 
     @register_to_config
     def __init__(self, codebook_size: int = 16384, grid_height: int = 16, grid_width: int = 16,
                  tokens_per_position: int = 1, num_classes: int = 1000, hidden_size: int = 768,
                  num_layers: int = 12, num_heads: int = 12, ffn_multiple_of: int = 256, dropout: float = 0.0,
-                 norm_eps: float = 1e-5, position_scheme: str = "learned", rope_base: float = 10000.0):
+                 norm_eps: float = 1e-5, position_scheme: str = "learned", rope_base: float = 10000.0,
+                 norm_type: str = "rmsnorm", ffn_type: str = "swiglu", bias: bool = False):
         super().__init__()
-        if position_scheme not in POSITION_SCHEMES:
-            raise ValueError(f"position_scheme must be one of {POSITION_SCHEMES}, got {position_scheme!r}")
+        for name, value, allowed in (("position_scheme", position_scheme, POSITION_SCHEMES),
+                                     ("norm_type", norm_type, NORM_TYPES), ("ffn_type", ffn_type, FFN_TYPES)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         for name, v in (("codebook_size", codebook_size), ("grid_height", grid_height), ("grid_width", grid_width),
                         ("tokens_per_position", tokens_per_position), ("num_layers", num_layers)):
             if v <= 0:
@@ -155,9 +182,11 @@ class GPTPrior(ModelMixin, ConfigMixin):
             self.position_embedding = None
             self.register_buffer("rope", rope_2d_table(grid_height, grid_width, hidden_size // num_heads, rope_base),
                                  persistent=False)
-        hidden = _find_multiple(int(2 * 4 * hidden_size / 3), ffn_multiple_of)
-        self.blocks = nn.ModuleList(_Block(hidden_size, num_heads, hidden, dropout, norm_eps) for _ in range(num_layers))
-        self.norm = nn.RMSNorm(hidden_size, eps=norm_eps)
+        hidden = (_find_multiple(int(2 * 4 * hidden_size / 3), ffn_multiple_of) if ffn_type == "swiglu"
+                  else 4 * hidden_size)
+        self.blocks = nn.ModuleList(_Block(hidden_size, num_heads, hidden, dropout, norm_eps, norm_type, ffn_type, bias)
+                                    for _ in range(num_layers))
+        self.norm = _norm(norm_type, hidden_size, norm_eps)
         self.head = nn.Linear(hidden_size, m * k, bias=False)
         self.apply(self._init)
         if self.position_embedding is not None:
@@ -168,6 +197,8 @@ class GPTPrior(ModelMixin, ConfigMixin):
     def _init(module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     @property
     def null_class(self) -> int:

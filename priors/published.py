@@ -1,5 +1,5 @@
-"""Published priors as ordinary lcgen models: LlamaGen's class-conditional GPTs -> `GPTPrior`, and DiT
-checkpoints (facebookresearch/DiT's and VQGAN-LC's DiT-LC, which keeps DiT's `models.py`) -> `DiTModel`.
+"""Published priors as ordinary lcgen models: LlamaGen's class-conditional GPTs and VQGAN-LC's GPT-LC
+(minGPT) -> `GPTPrior`, and DiT checkpoints (facebookresearch/DiT's and VQGAN-LC's DiT-LC, which keeps DiT's `models.py`) -> `DiTModel`.
 
 LlamaGen's c2i `Transformer` is lcgen's `GPTPrior` with `position_scheme="rope_2d"`: the same
 RMSNorm / SwiGLU / bias-free blocks, the class embedding table with its null row `num_classes` as the
@@ -93,6 +93,71 @@ def gpt_from_llamagen(state: dict[str, torch.Tensor], model: str | None = "GPT-B
     except KeyError as e:
         raise ValueError(f"unexpected key {e.args[0]!r} in the LlamaGen GPT checkpoint") from None
     take(weights, {k: tuple(v.shape) for k, v in prior.state_dict().items()}, f"LlamaGen {model or 'GPT'}")
+    prior.load_state_dict(weights, strict=True)
+    return prior.eval()
+
+
+# VQGAN-LC's GPT-LC (vqgan-gpt-lc/models/mingpt.py, minGPT) -> lcgen GPTPrior with norm_type="layernorm",
+# ffn_type="gelu", bias=True. Its q, k, v are three linears, concatenated here into lcgen's fused qkv.
+_MINGPT_LAYER = {"ln1": "attn_norm", "ln2": "ffn_norm", "attn.proj": "attn.proj", "mlp.0": "ffn.fc1",
+                 "mlp.2": "ffn.fc2"}
+_MINGPT_TOP = {"ln_f": "norm"}
+GPT_LC_HEADS = {1024: 16}  # models_gpt.py's "small" GPT-LC: 24 layers, 16 heads, width 1024
+
+
+def gpt_from_vqgan_lc(state: dict[str, torch.Tensor], num_classes: int = 1000, grid_size: int = 16,
+                      num_heads: int | None = None) -> GPTPrior:
+    """A GPT-LC state dict (VQGAN-LC's `VQGANTransformer`: the `transformer.*` keys of gpt-lc-100K-f16.pth;
+    its `vqgan.*` keys are the tokenizer) -> `GPTPrior` (eval).
+
+    minGPT keeps the class in its vocabulary: `tok_emb` holds K image tokens then `num_classes` class
+    tokens (class c is token K + c, the first sequence step), and its head scores all K + num_classes
+    while sampling keeps the first K. lcgen's class embedding takes the class rows and its head the
+    image rows; the null-class row (classifier-free guidance) was never trained and is zero, so a
+    converted GPT-LC samples with guidance_scale 1, as GPT-LC does. Positions: the first
+    grid_size**2 of minGPT's learned `pos_emb` (block size 257)."""
+    if any(k.startswith("transformer.") for k in state):
+        state = {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
+    for need in ("tok_emb.weight", "pos_emb", "blocks.0.attn.query.weight", "head.weight"):
+        if need not in state:
+            raise ValueError(f"not a VQGAN-LC GPT-LC (minGPT) checkpoint: no {need}")
+    if not (isinstance(num_classes, int) and num_classes > 0 and isinstance(grid_size, int) and grid_size > 0):
+        raise ValueError(f"num_classes and grid_size must be positive ints, got {num_classes!r}, {grid_size!r}")
+    vocab, dim = state["tok_emb.weight"].shape
+    k = vocab - num_classes
+    seq_len = grid_size * grid_size
+    if k <= 0:
+        raise ValueError(f"tok_emb has {vocab} rows: too few for {num_classes} classes")
+    if state["pos_emb"].shape[1] < seq_len:
+        raise ValueError(f"pos_emb has {state['pos_emb'].shape[1]} positions, fewer than the {seq_len} of a "
+                         f"{grid_size}x{grid_size} grid")
+    num_heads = num_heads or GPT_LC_HEADS.get(dim)
+    if num_heads is None:
+        raise ValueError(f"width {dim} is not GPT-LC's ({sorted(GPT_LC_HEADS)}): pass num_heads")
+    layers = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("blocks."))
+    prior = GPTPrior(codebook_size=k, grid_height=grid_size, grid_width=grid_size, tokens_per_position=1,
+                     num_classes=num_classes, hidden_size=dim, num_layers=layers, num_heads=num_heads, dropout=0.0,
+                     norm_eps=1e-5, position_scheme="learned", norm_type="layernorm", ffn_type="gelu", bias=True)
+    tok, head = state["tok_emb.weight"], state["head.weight"]
+    weights = {"token_embedding.weight": tok[:k], "head.weight": head[:k],
+               "class_embedding.weight": torch.cat([tok[k:], tok.new_zeros(1, dim)]),
+               "position_embedding": state["pos_emb"][:, :seq_len]}
+    for i in range(layers):
+        for part in ("weight", "bias"):
+            weights[f"blocks.{i}.attn.qkv.{part}"] = torch.cat(
+                [state[f"blocks.{i}.attn.{name}.{part}"] for name in ("query", "key", "value")])
+    fused = {f"attn.{name}" for name in ("query", "key", "value")}
+    try:
+        for key, v in state.items():
+            if key in weights or key in ("tok_emb.weight", "head.weight", "pos_emb") or key.endswith("attn.mask"):
+                continue
+            layer = re.fullmatch(r"blocks\.\d+\.(.+)\.(weight|bias)", key)
+            if layer and layer.group(1) in fused:
+                continue
+            weights[_rename(key, "blocks", _MINGPT_LAYER, _MINGPT_TOP)] = v
+    except KeyError as e:
+        raise ValueError(f"unexpected key {e.args[0]!r} in the GPT-LC checkpoint") from None
+    take(weights, {name: tuple(v.shape) for name, v in prior.state_dict().items()}, "GPT-LC")
     prior.load_state_dict(weights, strict=True)
     return prior.eval()
 

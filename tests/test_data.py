@@ -43,6 +43,22 @@ def test_fashion_mnist_rgb_resized():
     assert len(ds) == 5 and ds[0]["pixel_values"].shape == (3, 32, 32)
 
 
+@needs_fmnist
+@pytest.mark.parametrize("kwargs, batched", [(dict(channels=1), True), (dict(channels=1, resolution=28), True),
+                                              (dict(channels=1, flip=True), False), (dict(channels=3), False)])
+def test_batched_fetch_equals_item_by_item(kwargs, batched):
+    # the DataLoader's __getitems__ path: one tensor conversion when the transform keeps the images
+    ds = build_dataset("fashion-mnist", "test", max_samples=64, **kwargs)
+    assert ds.transform.keeps(ds.images.shape[1:]) is batched
+    indices = [5, 0, 63, 17]
+    fetched = collate_skipping_bad(ds.__getitems__(indices))
+    one_by_one = collate_skipping_bad([ds[i] for i in indices])
+    assert torch.equal(fetched["pixel_values"], one_by_one["pixel_values"])
+    assert torch.equal(fetched["labels"], one_by_one["labels"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=16, collate_fn=collate_skipping_bad)
+    assert torch.equal(next(iter(loader))["pixel_values"], collate_skipping_bad([ds[i] for i in range(16)])["pixel_values"])
+
+
 def _folder(tmp_path, corrupt=True):
     rng = np.random.default_rng(0)
     for c in ("cat", "dog"):

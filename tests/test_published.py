@@ -533,3 +533,100 @@ def test_convert_sit_lc_gives_the_network_t_in_0_1(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     out = pipe(class_id=2, num_inference_steps=3, guidance_scale=1.0, output_type="pt").images
     assert out.shape == (1, 1, 28, 28) and 0.0 <= min(seen) and max(seen) <= 1.0 and max(seen) > 0.5
+
+
+# ---------------------------------------------------------------- VQGAN-LC's GPT-LC (minGPT)
+def mingpt_state(dim=32, layers=2, k=40, classes=5, block=17):
+    """VQGANTransformer.state_dict() names: the GPT under `transformer.`, the tokenizer under `vqgan.`."""
+    w = _Weights(11)
+    s = {"transformer.tok_emb.weight": w.t(k + classes, dim, scale=1.0), "transformer.pos_emb": w.t(1, block, dim),
+         "transformer.ln_f.weight": 1 + w.t(dim), "transformer.ln_f.bias": w.t(dim),
+         "transformer.head.weight": w.t(k + classes, dim), "vqgan.encoder.conv_in.weight": w.t(4, 3, 3, 3)}
+    for i in range(layers):
+        p = f"transformer.blocks.{i}."
+        for n in ("ln1", "ln2"):
+            s[p + n + ".weight"], s[p + n + ".bias"] = 1 + w.t(dim), w.t(dim)
+        for n in ("key", "query", "value", "proj"):
+            s[p + f"attn.{n}.weight"], s[p + f"attn.{n}.bias"] = w.t(dim, dim), w.t(dim)
+        s[p + "attn.mask"] = torch.tril(torch.ones(block, block)).view(1, 1, block, block)
+        s[p + "mlp.0.weight"], s[p + "mlp.0.bias"] = w.t(4 * dim, dim), w.t(4 * dim)
+        s[p + "mlp.2.weight"], s[p + "mlp.2.bias"] = w.t(dim, 4 * dim), w.t(dim)
+    return s
+
+
+def mingpt_formula_logits(s, idx, cls, heads, k):
+    """minGPT by hand: the class token K + c, then the image tokens; learned positions; pre-LayerNorm
+    blocks with separate q/k/v linears and an exact-GELU MLP; logits over the K image tokens."""
+    g = {n[len("transformer."):]: v for n, v in s.items() if n.startswith("transformer.")}
+    seq = torch.cat([cls[:, None] + k, idx[:, :-1]], 1)
+    t = seq.shape[1]
+    x = g["tok_emb.weight"][seq] + g["pos_emb"][0, :t]
+    layers = 1 + max(int(n.split(".")[1]) for n in g if n.startswith("blocks."))
+
+    def ln(v, name):
+        return F.layer_norm(v, v.shape[-1:], g[name + ".weight"], g[name + ".bias"], eps=1e-5)
+
+    def lin(v, name):
+        return v @ g[name + ".weight"].T + g[name + ".bias"]
+
+    for i in range(layers):
+        p = f"blocks.{i}."
+        h = ln(x, p + "ln1")
+        b, _, d = h.shape
+        q, kk, v = (lin(h, p + f"attn.{n}").view(b, t, heads, d // heads).transpose(1, 2) for n in ("query", "key", "value"))
+        att = (q @ kk.transpose(-2, -1)) / math.sqrt(d // heads)
+        att = att.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf")).softmax(-1)
+        x = x + lin((att @ v).transpose(1, 2).reshape(b, t, d), p + "attn.proj")
+        h = ln(x, p + "ln2")
+        x = x + lin(0.5 * lin(h, p + "mlp.0") * (1 + torch.erf(lin(h, p + "mlp.0") / math.sqrt(2))), p + "mlp.2")
+    return (ln(x, "ln_f") @ g["head.weight"].T)[..., :k]
+
+
+def test_gpt_lc_logits_equal_the_mingpt_formula():
+    from lcgen.priors.published import gpt_from_vqgan_lc
+
+    s = mingpt_state()
+    prior = gpt_from_vqgan_lc(s, num_classes=5, grid_size=4, num_heads=4)
+    c = prior.config
+    assert (c.norm_type, c.ffn_type, c.bias, c.position_scheme, c.codebook_size) == ("layernorm", "gelu", True, "learned", 40)
+    idx, cls = torch.randint(40, (3, 16)), torch.tensor([0, 2, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(prior(idx.view(3, 4, 4), cls)[:, :, 0], mingpt_formula_logits(s, idx, cls, 4, 40),
+                                   atol=1e-4, rtol=1e-4)
+    assert torch.equal(prior.class_embedding.weight[-1], torch.zeros(32))  # no null class was trained
+    for bad, message in [(dict(num_classes=45), "too few"), (dict(grid_size=5), "fewer than"),
+                         (dict(num_heads=None), "pass num_heads")]:
+        with pytest.raises(ValueError, match=message):
+            gpt_from_vqgan_lc(s, **{**dict(num_classes=5, grid_size=4, num_heads=4), **bad})
+    with pytest.raises(ValueError, match="not a VQGAN-LC GPT-LC"):
+        gpt_from_vqgan_lc(llamagen_gpt_state(), num_heads=4)
+
+
+def test_convert_gpt_lc_takes_the_tokenizer_from_the_same_file(tmp_path, monkeypatch):
+    from diffusers import DiffusionPipeline
+
+    from lcgen.cli import main
+    from lcgen.tokenizer import published
+
+    vq, ddconfig = taming_state(embed_dim=8)
+    del vq["quantize.embedding.weight"], vq["loss.discriminator.main.0.weight"]
+    w = _Weights(5)
+    vq["codebook_projection.weight"], vq["codebook_projection.bias"] = w.t(8, 12), w.t(8)
+    vq["tok_embeddings.weight"] = w.t(40, 12, scale=1.0)
+    monkeypatch.setitem(published.VQGAN_LC_DDCONFIGS, "tiny", ddconfig)
+    gpt = {k: v for k, v in mingpt_state(k=40, classes=5, block=65).items() if k.startswith("transformer.")}
+    torch.save({**gpt, **{"vqgan." + k: v for k, v in vq.items()}}, tmp_path / "gpt-lc.pth")
+    out = tmp_path / "gpt-lc"
+    main(["convert", "gpt-lc", "--checkpoint", str(tmp_path / "gpt-lc.pth"), "--config", "tiny", "--num-heads", "4",
+          "--output", str(out)])
+    pipe = DiffusionPipeline.from_pretrained(str(out))
+    assert isinstance(pipe, VQGPTPipeline) and pipe.transformer.config.num_classes == 5
+    assert (pipe.config.guidance_scale, pipe.config.top_k) == (1.0, None)  # GPT-LC's own sampling
+    assert pipe.transformer.config.grid_height == 8 and pipe.vqvae.config.codebook_size == 40
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(class_id=[0, 4], generator=torch.Generator().manual_seed(0), output_type="pt").images.shape == (2, 3, 16, 16)
+    torch.save({k: v for k, v in gpt.items()}, tmp_path / "no-vq.pth")
+    with pytest.raises(SystemExit, match="holds no tokenizer"):
+        main(["convert", "gpt-lc", "--checkpoint", str(tmp_path / "no-vq.pth"), "--config", "tiny",
+              "--output", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()

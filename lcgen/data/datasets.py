@@ -54,6 +54,18 @@ class TensorImageDataset(Dataset):
         x = self.transform(self.images[i], key=_item_key(self.seed, self.epoch, i))
         return {"pixel_values": x, "label": int(self.labels[i])}
 
+    def __getitems__(self, indices):
+        """The DataLoader's batched fetch. When the transform leaves the images as they are (native
+        size, no flip, same channels) the batch is converted in one tensor operation, the same
+        values as item by item (x / 127.5 - 1) at a fraction of the cost (PIL per item was ~8 s of
+        every Fashion-MNIST epoch here); otherwise item by item."""
+        if not self.transform.keeps(self.images.shape[1:]):
+            return [self[i] for i in indices]
+        index = torch.as_tensor(indices, dtype=torch.long)
+        pixels = self.images[index].float() / 127.5 - 1.0
+        pixels = pixels.unsqueeze(1) if pixels.ndim == 3 else pixels
+        return [{"pixel_values": x, "label": int(y)} for x, y in zip(pixels, self.labels[index].tolist())]
+
 
 class HubImageDataset(Dataset):
     """A map-style `datasets.Dataset`; images are decoded here (decode=False) so failures are caught."""

@@ -36,6 +36,13 @@ class ImageTransform:
         self.resolution, self.crop, self.flip, self.channels = resolution, crop, flip, channels
         self.rng = random.Random(seed)
 
+    def keeps(self, shape) -> bool:
+        """True when this transform returns a uint8 tensor of this shape ((H, W) or (C, H, W)) unchanged
+        but for the scaling to [-1, 1]: native size, no flip, the same channel count."""
+        channels, (h, w) = (1 if len(shape) == 2 else shape[0]), shape[-2:]
+        same_size = self.resolution is None or self.resolution == h == w
+        return same_size and not self.flip and channels == self.channels
+
     def __call__(self, image, key: int | None = None) -> torch.Tensor:
         """key: seeds this item's crop/flip (dataset seed, epoch, index), so that data order and
         augmentation replay exactly on resume; None uses the transform's own stream."""
