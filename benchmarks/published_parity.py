@@ -7,6 +7,7 @@ lcgen model; prints the largest differences as JSON.
     python benchmarks/published_parity.py taming       --official /path/to/taming-transformers [--fp64]   # needs einops
     python benchmarks/published_parity.py vqgan-lc     --official /path/to/VQGAN-LC/vqgan-gpt-lc [--fp64]  # needs einops
     python benchmarks/published_parity.py gpt-lc       --official /path/to/VQGAN-LC/vqgan-gpt-lc  # needs omegaconf
+    python benchmarks/published_parity.py ldm-lc       --official /path/to/VQGAN-LC/ldm-lc  # needs einops
     python benchmarks/published_parity.py dit          --official /path/to/VQGAN-LC/dit-lc (or DiT)  # needs timm
     python benchmarks/published_parity.py sit          --official /path/to/VQGAN-LC/sit-lc (or SiT)  # needs timm
 
@@ -15,7 +16,10 @@ Each run writes the weights as the official training scripts save them (a dict w
 (indices, latents, reconstructions, and the decoder alone on the official codes); the LlamaGen GPT on
 teacher-forced logits and on two sampling runs with the same seed (guidance 4 + top-k 2000, and none);
 GPT-LC (minGPT, 24 x 1024, 100,000 + 1,000 tokens) on teacher-forced logits, and a 4-layer one on
-VQGANTransformer.sample against lcgen's sampler with the same seed; DiT-XL/2 (DiT-LC's: 8 latent channels at 16x16, learned sigma) on its output for random latents,
+VQGANTransformer.sample against lcgen's sampler with the same seed; LDM-LC's f16 UNet
+(latent-diffusion's openaimodel with class cross-attention) on eps for random latents, timesteps and
+classes, and latent-diffusion's DDIMSampler (200 steps, eta 1, guidance 1.6) against the pipeline on the
+final latent with the same seed; DiT-XL/2 (DiT-LC's: 8 latent channels at 16x16, learned sigma) on its output for random latents,
 timesteps and classes.
 With --fp64 both sides run in float64 (lcgen's quantizer still searches in fp32 by design), which
 separates a difference of arithmetic order (~1e-5 in fp32) from a difference of architecture.
@@ -205,6 +209,68 @@ def gpt_lc(a, tmp):
     return out
 
 
+def ldm_lc(a, tmp):
+    import numpy as np
+    from ldm.models.diffusion.ddim import DDIMSampler
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from ldm.modules.diffusionmodules.util import make_beta_schedule
+
+    from lcgen.convert import ldm_lc_pipeline
+
+    with open(os.path.join(a.official, "configs", "imagenet-f16-vqgan-lc-100K.yaml")) as f:
+        unet_params = yaml.safe_load(f)["model"]["params"]["unet_config"]["params"]
+    torch.manual_seed(0)
+    unet = UNetModel(**unet_params).eval()
+    embedder = torch.nn.Embedding(1001, 512)  # ldm's ClassEmbedder: embedding(batch[key][:, None])
+    perturb(unet)
+
+    class CPUSampler(DDIMSampler):  # the official sampler moves its buffers to CUDA; keep them here
+        def register_buffer(self, name, attr):
+            setattr(self, name, attr)
+
+    class Official:  # what DDIMSampler reads of LatentDiffusion (ddpm.py register_schedule, apply_model)
+        parameterization, num_timesteps, device = "eps", 1000, torch.device("cpu")
+
+        def __init__(self):
+            betas = np.asarray(make_beta_schedule("linear", 1000, 0.0015, 0.0195))
+            cum = np.cumprod(1.0 - betas)
+            self.betas, self.alphas_cumprod = torch.tensor(betas, dtype=torch.float32), torch.tensor(cum, dtype=torch.float32)
+            self.alphas_cumprod_prev = torch.tensor(np.append(1.0, cum[:-1]), dtype=torch.float32)
+
+        def apply_model(self, x, t, c):
+            return unet(x, t, context=c)
+
+    # the state as LatentDiffusion saves it: UNet under model.diffusion_model, its EMA copy as LitEma
+    # buffers, the class embedder under cond_stage_model
+    state = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
+    state.update({"model_ema." + ("diffusion_model." + k).replace(".", ""): v for k, v in unet.state_dict().items()})
+    state["cond_stage_model.embedding.weight"] = embedder.weight.detach().clone()
+    path = os.path.join(tmp, "ldm-lc-f16.pth")
+    torch.save({"state_dict": state}, path)
+    from lcgen.tokenizer import VQTokenizer
+
+    tok = VQTokenizer(backbone="vqvae", resolution=16, embed_dim=8, codebook_size=16, quantizer_kind="vq")  # decode is not compared
+    pipe = ldm_lc_pipeline(tok, load_state_dict(path, prefer=("state_dict",)), path)
+    pipe.set_progress_bar_config(disable=True)
+    x, t, y = torch.randn(4, 8, 16, 16), torch.tensor([1, 250, 500, 996]), torch.tensor([207, 0, 999, 1000])
+    with torch.no_grad():
+        ref = unet(x, t, context=embedder(y[:, None]))
+        r = {"unet_eps_max_abs": float((pipe.unet(x, t, class_labels=y).sample - ref).abs().max()),
+             "unet_eps_max": float(ref.abs().max())}
+        steps = a.steps
+        cls = torch.tensor([207, 3])
+        torch.manual_seed(7)  # ldm's sampler draws x_T and each step's noise from the global generator
+        ref_z, _ = CPUSampler(Official()).sample(S=steps, batch_size=2, shape=(8, 16, 16), conditioning=embedder(cls[:, None]),
+                                                  verbose=False, eta=1.0, unconditional_guidance_scale=1.6,
+                                                  unconditional_conditioning=embedder(torch.full((2, 1), 1000)))
+        captured = {}
+        pipe._decode_latents = lambda z: captured.setdefault("z", z)  # the latent the decoder would get
+        pipe(class_id=cls.tolist(), num_inference_steps=steps, generator=torch.Generator().manual_seed(7), output_type="pt")
+        r[f"ddim{steps}_eta1_cfg1.6_latent_max_abs"] = float((captured["z"] - ref_z).abs().max())
+        r[f"ddim{steps}_latent_max"] = float(ref_z.abs().max())
+    return r
+
+
 def dit(a, tmp, sit=False):
     import models
 
@@ -233,7 +299,7 @@ def sit(a, tmp):
     return dit(a, tmp, sit=True)
 
 
-RUNS = {"gpt-lc": gpt_lc, "dit": dit, "sit": sit, "llamagen-vq": llamagen_vq, "llamagen-gpt": llamagen_gpt, "taming": taming, "vqgan-lc": vqgan_lc}
+RUNS = {"gpt-lc": gpt_lc, "ldm-lc": ldm_lc, "dit": dit, "sit": sit, "llamagen-vq": llamagen_vq, "llamagen-gpt": llamagen_gpt, "taming": taming, "vqgan-lc": vqgan_lc}
 
 
 def main(argv=None):
@@ -243,6 +309,7 @@ def main(argv=None):
     p.add_argument("--fp64", action="store_true")
     p.add_argument("--model", default="GPT-B")
     p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=200, help="ldm-lc: DDIM steps (LDM-LC samples with 200)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if not os.path.isdir(a.official):

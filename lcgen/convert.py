@@ -15,18 +15,18 @@ import tempfile
 
 import torch
 import yaml
-from diffusers import DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler
 
 from lcgen.official_checkpoints import load_checkpoint, load_state_dict
-from lcgen.pipelines import VQDiTPipeline, VQGPTPipeline, VQSiTPipeline
+from lcgen.pipelines import VQDiTPipeline, VQGPTPipeline, VQLDMPipeline, VQSiTPipeline
 from lcgen.pipelines.imagenet import imagenet_id2label
-from lcgen.priors.published import dit_from_official, gpt_from_vqgan_lc
+from lcgen.priors.published import dit_from_official, gpt_from_vqgan_lc, ldm_from_latent_diffusion
 from lcgen.tokenizer import VQTokenizer
 from lcgen.tokenizer.published import (VQGAN_LC_DDCONFIGS, llamagen_vq_model, tokenizer_from_llamagen,
                                        tokenizer_from_taming, tokenizer_from_vqgan_lc)
 
 logger = logging.getLogger(__name__)
-SOURCES = ("vqgan-lc", "gpt-lc", "dit-lc", "sit-lc", "llamagen-vq", "llamagen-gpt", "taming")
+SOURCES = ("vqgan-lc", "gpt-lc", "ldm-lc", "dit-lc", "sit-lc", "llamagen-vq", "llamagen-gpt", "taming")
 
 
 def dit_lc_scheduler() -> DDPMScheduler:
@@ -35,6 +35,16 @@ def dit_lc_scheduler() -> DDPMScheduler:
     steps (guided-diffusion's `space_timesteps` = round(linspace(0, 999, 250)))."""
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                          variance_type="learned_range", clip_sample=False, timestep_spacing="linspace")
+
+
+def ldm_lc_scheduler() -> DDIMScheduler:
+    """VQGAN-LC's LDM-LC protocol (ldm-lc/run_evaluations.py with latent-diffusion's DDIMSampler): LDM's
+    "linear" betas (sqrt-linear 0.0015..0.0195 = diffusers' scaled_linear) over 1,000 steps, DDIM
+    timesteps every 1000/S steps offset by one (1, 6, ..., 996 for S = 200: "leading" + steps_offset 1),
+    the last step's previous alpha-bar alpha-bar_0 (not 1), no clipping; eta is the pipeline's (1)."""
+    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195,
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
+                         prediction_type="epsilon")
 
 
 def check_output(output: str, overwrite: bool) -> str:
@@ -85,14 +95,17 @@ def convert(source: str, checkpoint: str, output: str, *, config: str | None = N
     if source == "vqgan-lc":
         config, frozen = _vqgan_lc_options(source, config, codebook)
         result = tokenizer_from_vqgan_lc(load_state_dict(checkpoint, prefer=("state_dict", "model")), config, frozen)
-    elif source == "gpt-lc" and tokenizer is None:
-        # GPT-LC's file holds its tokenizer too (VQGANTransformer's `vqgan.*` keys)
+    elif source in ("gpt-lc", "ldm-lc") and tokenizer is None:
+        # GPT-LC's and LDM-LC's files hold their tokenizer too (`vqgan.*`, `first_stage_model.*`)
         config, frozen = _vqgan_lc_options(source, config, codebook)
-        state = load_state_dict(checkpoint, prefer=("module", "model"))
-        vq = {k[len("vqgan."):]: v for k, v in state.items() if k.startswith("vqgan.")}
+        state = load_state_dict(checkpoint, prefer=("module", "model") if source == "gpt-lc" else ("state_dict",))
+        prefix = "vqgan." if source == "gpt-lc" else "first_stage_model."
+        vq = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not vq:
-            raise ValueError(f"{checkpoint} holds no tokenizer (no vqgan.* keys): pass --tokenizer")
-        result = gpt_lc_pipeline(tokenizer_from_vqgan_lc(vq, config, frozen), state, checkpoint, num_heads)
+            raise ValueError(f"{checkpoint} holds no tokenizer (no {prefix}* keys): pass --tokenizer")
+        tok = tokenizer_from_vqgan_lc(vq, config, frozen)
+        result = (gpt_lc_pipeline(tok, state, checkpoint, num_heads) if source == "gpt-lc"
+                  else ldm_lc_pipeline(tok, state, checkpoint, config))
     elif source == "taming":
         if config is None:
             raise ValueError("lcgen convert taming needs --config (the checkpoint's model.yaml)")
@@ -115,6 +128,9 @@ def convert(source: str, checkpoint: str, output: str, *, config: str | None = N
         if source == "gpt-lc":
             result = gpt_lc_pipeline(tok, load_state_dict(checkpoint, prefer=("module", "model")), checkpoint,
                                      num_heads)
+        elif source == "ldm-lc":
+            config, _ = _vqgan_lc_options(source, config, None)
+            result = ldm_lc_pipeline(tok, load_state_dict(checkpoint, prefer=("state_dict",)), checkpoint, config)
         elif source == "llamagen-gpt":
             result = VQGPTPipeline.from_llamagen_gpt(tok, checkpoint, model, image_size, num_heads,
                                                      source=f"LlamaGen ({os.path.basename(checkpoint)})")
@@ -160,6 +176,23 @@ def gpt_lc_pipeline(tok: VQTokenizer, state: dict, checkpoint: str, num_heads: i
                              "dataset": "ImageNet" if id2label else None,
                              "sampling_protocol": "GPT-LC: no guidance (its null class was never trained), "
                                                   "temperature 1, top-k off (100,000 = all codes)"})
+
+
+def ldm_lc_pipeline(tok: VQTokenizer, state: dict, checkpoint: str, config: str = "f16") -> VQLDMPipeline:
+    """LDM-LC (EMA weights) on a VQGAN-LC tokenizer with runTestLDM.sh's sampling: DDIM 200 steps, eta 1,
+    guidance 1.6 (f16) / 1.4 (f8) on the raw latent."""
+    unet = ldm_from_latent_diffusion(state, f"LDM-LC-{config}")
+    if unet.config.in_channels != tok.config.embed_dim:
+        raise ValueError(f"the LDM-LC UNet models {unet.config.in_channels}-channel latents, the tokenizer has "
+                         f"{tok.config.embed_dim}: another --config or --tokenizer?")
+    scale = {"f16": 1.6, "f8": 1.4}.get(config, 1.6)
+    id2label = imagenet_id2label() if unet.config.num_classes == 1000 else None
+    return VQLDMPipeline(tok, unet, ldm_lc_scheduler(), id2label=id2label, guidance_scale=scale,
+                         num_inference_steps=200, eta=1.0, latent_shift=0.0, latent_scale=1.0, info={
+                             "source": f"VQGAN-LC LDM-LC {config} ({os.path.basename(checkpoint)})",
+                             "dataset": "ImageNet" if id2label else None,
+                             "sampling_protocol": f"DDIM 200 steps, eta 1, guidance {scale} (ldm-lc/runTestLDM.sh), "
+                                                  f"EMA weights"})
 
 
 def lc_latent_pipeline(source: str, checkpoint: str, tok: VQTokenizer, num_heads: int | None = None):

@@ -12,6 +12,7 @@ from huggingface_hub import hf_hub_download
 
 from lcgen.priors.dit import DiTModel
 from lcgen.priors.gpt import GPTPrior
+from lcgen.priors.ldm import ClassCrossAttentionUNet
 from lcgen.tokenizer.model import VQTokenizer
 
 from .base import LCGenPipeline
@@ -27,7 +28,7 @@ __all__ = ["LCGenPipeline", "VQGPTPipeline", "VQLDMPipeline", "VQDiTPipeline", "
            "load_pipeline"]
 
 # the lcgen classes a pipeline folder names as components (UNet2DModel and the schedulers are diffusers')
-register_with_diffusers(PIPELINES.values(), [c.__module__ for c in (VQTokenizer, GPTPrior, DiTModel)])
+register_with_diffusers(PIPELINES.values(), [c.__module__ for c in (VQTokenizer, GPTPrior, DiTModel, ClassCrossAttentionUNet)])
 
 
 def load_pipeline(path: str, **kwargs):

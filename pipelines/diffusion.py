@@ -2,6 +2,9 @@
 and a guided model call over all channels with an explicit null class."""
 from __future__ import annotations
 
+import inspect
+import math
+
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -88,21 +91,30 @@ class NoisePredictionPipeline(LatentPipeline):
     Subclasses register `vqvae`, the denoiser and `scheduler`."""
 
     def _init_settings(self, id2label, guidance_scale, num_inference_steps, latent_shift, latent_scale, info,
-                       latent_normalization, **extra):
+                       latent_normalization, eta=0.0, **extra):
         self._check_normalization(latent_normalization)
+        self._check_eta(eta)
         self._register_settings(id2label, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
                                 latent_shift=latent_shift, latent_scale=latent_scale, info=info or {},
-                                latent_normalization=latent_normalization, **extra)
+                                latent_normalization=latent_normalization, eta=eta, **extra)
+
+    def _check_eta(self, eta) -> None:
+        """DDIM's η (0: deterministic DDIM, 1: DDPM-like ancestral noise, LDM's own sampling); only a
+        scheduler whose step takes it (DDIMScheduler) can honour a non-zero one."""
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+            raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+        if eta and "eta" not in inspect.signature(self.scheduler.step).parameters:
+            raise ValueError(f"eta={eta} needs a DDIM scheduler; {type(self.scheduler).__name__} has no eta")
 
     def default_sampling(self) -> dict:
         return {"guidance_scale": self.config.guidance_scale, "num_inference_steps": self.config.num_inference_steps,
-                "scheduler": type(self.scheduler).__name__}
+                "scheduler": type(self.scheduler).__name__, "eta": self.config.get("eta", 0.0)}
 
     @torch.no_grad()
     def __call__(self, class_id=None, num_images_per_class: int = 1, guidance_scale: float | None = None,
                  num_inference_steps: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "pil",
-                 return_dict: bool = True):
+                 return_dict: bool = True, eta: float | None = None):
         """Generate images of the given classes.
 
         Args:
@@ -115,9 +127,13 @@ class NoisePredictionPipeline(LatentPipeline):
             generator (`torch.Generator` or a list, one per image): for reproducible samples.
             output_type (`str`, default "pil"): "pil", "np" (B, H, W, C) in [0, 1] or "pt" (B, C, H, W).
             return_dict (`bool`, default True): an `ImagePipelineOutput`, else a tuple.
+            eta (`float`, default: the pipeline's, 0): DDIM's η; LDM samples with 1.
         """
         labels = self._class_ids(class_id, num_images_per_class)
         self._check_common(len(labels), guidance_scale, generator, output_type, num_inference_steps)
+        eta = self.config.get("eta", 0.0) if eta is None else eta
+        self._check_eta(eta)
+        step_options = {"eta": eta} if "eta" in inspect.signature(self.scheduler.step).parameters else {}
         scale = self._guidance(guidance_scale)
         steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
         device = self._execution_device
@@ -128,5 +144,6 @@ class NoisePredictionPipeline(LatentPipeline):
         x = x * self.scheduler.init_noise_sigma
         for t in self.progress_bar(self.scheduler.timesteps):
             out = self._model_output(self.scheduler.scale_model_input(x, t), t, labels, scale)
-            x = self.scheduler.step(self._scheduler_input(out, x.shape[1]), t, x, generator=generator).prev_sample
+            x = self.scheduler.step(self._scheduler_input(out, x.shape[1]), t, x, generator=generator,
+                                    **step_options).prev_sample
         return self._output(self._decode_latents(x), output_type, return_dict)

@@ -22,10 +22,10 @@ class VQDiTPipeline(NoisePredictionPipeline):
     def __init__(self, vqvae: VQTokenizer, transformer: DiTModel, scheduler: SchedulerMixin,
                  id2label: dict | None = None, guidance_scale: float = 4.0, num_inference_steps: int = 50,
                  latent_shift: float = 0.0, latent_scale: float = 1.0, info: dict | None = None,
-                 latent_normalization: str = "global", guided_channels: int | None = None):
+                 latent_normalization: str = "global", eta: float = 0.0, guided_channels: int | None = None):
         super().__init__()
         self._check_tokenizer(vqvae, transformer)
         self._check_guided_channels(guided_channels, transformer)
         self.register_modules(vqvae=vqvae, transformer=transformer, scheduler=scheduler)
         self._init_settings(id2label, guidance_scale, num_inference_steps, latent_shift, latent_scale, info,
-                            latent_normalization, guided_channels=guided_channels)
+                            latent_normalization, eta=eta, guided_channels=guided_channels)

@@ -19,11 +19,13 @@ from __future__ import annotations
 import re
 
 import torch
+from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
 from lcgen.official_checkpoints import take
 
 from .dit import DIT_SIZES, DiTModel, sincos_2d
 from .gpt import GPT_SIZES, GPTPrior
+from .ldm import LDM_CROSS_ATTENTION_SIZES, ClassCrossAttentionUNet
 
 # LlamaGen's GPT_models with class-conditional checkpoints (c2i_B_256.pt ... c2i_XXL_384.pt, c2i_3B_384.pt)
 LLAMAGEN_GPT_MODELS = ("GPT-B", "GPT-L", "GPT-XL", "GPT-XXL", "GPT-XXXL", "GPT-3B")
@@ -160,6 +162,47 @@ def gpt_from_vqgan_lc(state: dict[str, torch.Tensor], num_classes: int = 1000, g
     take(weights, {name: tuple(v.shape) for name, v in prior.state_dict().items()}, "GPT-LC")
     prior.load_state_dict(weights, strict=True)
     return prior.eval()
+
+
+LDM_UNET_PREFIX = "model.diffusion_model."
+
+
+def ldm_from_latent_diffusion(state: dict[str, torch.Tensor], size: str = "LDM-LC-f16", use_ema: bool = True):
+    """A latent-diffusion `LatentDiffusion` state dict with class cross-attention (VQGAN-LC's ldm-lc-f16.pth /
+    ldm-lc-f8.pth "state_dict") -> `ClassCrossAttentionUNet` (eval).
+
+    The UNet's keys (`model.diffusion_model.*`, or with use_ema its EMA copy `model_ema.*`, which LDM
+    samples with: `ema_scope`) go through diffusers' own LDM-to-diffusers UNet converter; the class
+    embedding is `cond_stage_model.embedding.weight` (num_classes + 1 rows). `size` names the UNet
+    (LDM_CROSS_ATTENTION_SIZES); latent channels and side come from the weights and the size."""
+    if size not in LDM_CROSS_ATTENTION_SIZES:
+        raise ValueError(f"unknown LDM-LC size {size!r}; expected one of {sorted(LDM_CROSS_ATTENTION_SIZES)}")
+    for need in (LDM_UNET_PREFIX + "input_blocks.0.0.weight", LDM_UNET_PREFIX + "out.2.weight",
+                 "cond_stage_model.embedding.weight"):
+        if need not in state:
+            raise ValueError(f"not a class-conditional latent-diffusion checkpoint: no {need}")
+    unet_keys = [k for k in state if k.startswith(LDM_UNET_PREFIX)]
+    if use_ema and any(k.startswith("model_ema.") for k in state):
+        # LitEma keeps each parameter as a buffer named without dots: model_ema.diffusion_modelinput_blocks00weight
+        flat = {k: "model_ema." + k[len("model."):].replace(".", "") for k in unet_keys}
+        missing = [k for k, e in flat.items() if e not in state]
+        if missing:
+            raise ValueError(f"the checkpoint's EMA copy lacks {len(missing)} UNet weight(s), e.g. {missing[0]}: "
+                             f"convert without EMA")
+        unet_state = {k: state[flat[k]] for k in unet_keys}
+    else:
+        unet_state = {k: state[k] for k in unet_keys}
+    classes, context = state["cond_stage_model.embedding.weight"].shape
+    first = state[LDM_UNET_PREFIX + "input_blocks.0.0.weight"]
+    side = {"LDM-LC-f16": 16, "LDM-LC-f8": 32}[size]
+    model = ClassCrossAttentionUNet(num_classes=classes - 1, context_dim=context, sample_size=side,
+                                    in_channels=first.shape[1], out_channels=state[LDM_UNET_PREFIX + "out.2.weight"].shape[0],
+                                    **LDM_CROSS_ATTENTION_SIZES[size])
+    weights = {"unet." + k: v for k, v in convert_ldm_unet_checkpoint(unet_state, dict(model.unet.config)).items()}
+    weights["class_embedding.weight"] = state["cond_stage_model.embedding.weight"]
+    take(weights, {k: tuple(v.shape) for k, v in model.state_dict().items()}, f"LDM-LC ({size})")
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
 
 
 # DiT's models.py names -> lcgen DiTModel names (blocks.i.* and the final layer)

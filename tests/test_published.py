@@ -630,3 +630,141 @@ def test_convert_gpt_lc_takes_the_tokenizer_from_the_same_file(tmp_path, monkeyp
         main(["convert", "gpt-lc", "--checkpoint", str(tmp_path / "no-vq.pth"), "--config", "tiny",
               "--output", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- VQGAN-LC's LDM-LC (latent-diffusion's UNet)
+def ldm_unet_state(mc=32, mult=(1, 2), blocks=1, attention=(True, False), channels=4, context=8, emb_rows=6):
+    """latent-diffusion's openaimodel.UNetModel names and shapes (use_spatial_transformer, conv proj_in /
+    proj_out, GEGLU feed-forward) under model.diffusion_model, plus the ClassEmbedder's table."""
+    w, s, emb = _Weights(21), {}, 4 * mc
+
+    def resblock(p, cin, cout):
+        s.update({p + "in_layers.0.weight": 1 + w.t(cin), p + "in_layers.0.bias": w.t(cin),
+                  p + "in_layers.2.weight": w.t(cout, cin, 3, 3), p + "in_layers.2.bias": w.t(cout),
+                  p + "emb_layers.1.weight": w.t(cout, emb), p + "emb_layers.1.bias": w.t(cout),
+                  p + "out_layers.0.weight": 1 + w.t(cout), p + "out_layers.0.bias": w.t(cout),
+                  p + "out_layers.3.weight": w.t(cout, cout, 3, 3), p + "out_layers.3.bias": w.t(cout)})
+        if cin != cout:
+            s[p + "skip_connection.weight"], s[p + "skip_connection.bias"] = w.t(cout, cin, 1, 1), w.t(cout)
+
+    def transformer(p, c):
+        s.update({p + "norm.weight": 1 + w.t(c), p + "norm.bias": w.t(c), p + "proj_in.weight": w.t(c, c, 1, 1),
+                  p + "proj_in.bias": w.t(c), p + "proj_out.weight": w.t(c, c, 1, 1), p + "proj_out.bias": w.t(c)})
+        b = p + "transformer_blocks.0."
+        for a, kv in (("attn1", c), ("attn2", context)):
+            s.update({b + f"{a}.to_q.weight": w.t(c, c), b + f"{a}.to_k.weight": w.t(c, kv), b + f"{a}.to_v.weight": w.t(c, kv),
+                      b + f"{a}.to_out.0.weight": w.t(c, c), b + f"{a}.to_out.0.bias": w.t(c)})
+        s.update({b + "ff.net.0.proj.weight": w.t(8 * c, c), b + "ff.net.0.proj.bias": w.t(8 * c),
+                  b + "ff.net.2.weight": w.t(c, 4 * c), b + "ff.net.2.bias": w.t(c)})
+        for n in ("norm1", "norm2", "norm3"):
+            s[b + n + ".weight"], s[b + n + ".bias"] = 1 + w.t(c), w.t(c)
+
+    s.update({"time_embed.0.weight": w.t(emb, mc), "time_embed.0.bias": w.t(emb), "time_embed.2.weight": w.t(emb, emb),
+              "time_embed.2.bias": w.t(emb), "input_blocks.0.0.weight": w.t(mc, channels, 3, 3),
+              "input_blocks.0.0.bias": w.t(mc)})
+    ch, i, skips = mc, 1, [mc]
+    for level, m in enumerate(mult):
+        for _ in range(blocks):
+            resblock(f"input_blocks.{i}.0.", ch, m * mc)
+            ch = m * mc
+            if attention[level]:
+                transformer(f"input_blocks.{i}.1.", ch)
+            skips.append(ch)
+            i += 1
+        if level < len(mult) - 1:
+            s[f"input_blocks.{i}.0.op.weight"], s[f"input_blocks.{i}.0.op.bias"] = w.t(ch, ch, 3, 3), w.t(ch)
+            skips.append(ch)
+            i += 1
+    resblock("middle_block.0.", ch, ch)
+    transformer("middle_block.1.", ch)
+    resblock("middle_block.2.", ch, ch)
+    i = 0
+    for level in reversed(range(len(mult))):
+        for j in range(blocks + 1):
+            resblock(f"output_blocks.{i}.0.", ch + skips.pop(), mult[level] * mc)
+            ch, part = mult[level] * mc, 1
+            if attention[level]:
+                transformer(f"output_blocks.{i}.1.", ch)
+                part = 2
+            if level and j == blocks:
+                s[f"output_blocks.{i}.{part}.conv.weight"], s[f"output_blocks.{i}.{part}.conv.bias"] = w.t(ch, ch, 3, 3), w.t(ch)
+            i += 1
+    s.update({"out.0.weight": 1 + w.t(mc), "out.0.bias": w.t(mc), "out.2.weight": w.t(channels, mc, 3, 3),
+              "out.2.bias": w.t(channels)})
+    state = {"model.diffusion_model." + k: v for k, v in s.items()}
+    state["cond_stage_model.embedding.weight"] = w.t(emb_rows, context, scale=1.0)
+    return state
+
+
+def test_ldm_lc_converts_every_unet_weight_uses_ema_and_the_class_as_context(monkeypatch):
+    from lcgen.priors import ldm, published
+
+    monkeypatch.setitem(ldm.LDM_CROSS_ATTENTION_SIZES, "LDM-LC-f16", dict(
+        block_out_channels=(32, 64), layers_per_block=1, attention_levels=(True, False), head_channels=16))
+    raw = ldm_unet_state()
+    model = published.ldm_from_latent_diffusion(raw, "LDM-LC-f16")  # strict: every official weight has a place
+    assert model.config.num_classes == 5 and model.config.in_channels == 4
+    # LitEma's dot-less buffer names hold the weights LDM samples with
+    ema = {**raw, **{"model_ema." + k[len("model."):].replace(".", ""): v + 0.01 for k, v in raw.items()
+                     if k.startswith("model.diffusion_model.")}}
+    ema_model = published.ldm_from_latent_diffusion(ema, "LDM-LC-f16")
+    plain = published.ldm_from_latent_diffusion(ema, "LDM-LC-f16", use_ema=False)
+    torch.testing.assert_close(ema_model.unet.conv_in.weight, raw["model.diffusion_model.input_blocks.0.0.weight"] + 0.01)
+    torch.testing.assert_close(plain.unet.conv_in.weight, raw["model.diffusion_model.input_blocks.0.0.weight"])
+    x, t, y = torch.randn(2, 4, 16, 16), torch.tensor([10, 900]), torch.tensor([3, 5])
+    with torch.no_grad():
+        context = raw["cond_stage_model.embedding.weight"][y][:, None]  # ClassEmbedder: embedding(c[:, None])
+        torch.testing.assert_close(model(x, t, y).sample, model.unet(x, t, encoder_hidden_states=context).sample)
+        assert not torch.allclose(model(x, t, y).sample[0], model(x, t, torch.tensor([0, 5])).sample[0])
+    with pytest.raises(ValueError, match="not a class-conditional latent-diffusion"):
+        published.ldm_from_latent_diffusion({k: v for k, v in raw.items() if not k.startswith("cond_stage")})
+
+
+def test_ldm_lc_ddim_protocol_timesteps_and_eta_by_hand():
+    from lcgen.convert import ldm_lc_scheduler
+
+    sched = ldm_lc_scheduler()
+    sched.set_timesteps(200)
+    assert sched.timesteps.tolist() == list(range(996, 0, -5))  # latent-diffusion's make_ddim_timesteps + 1
+    betas = torch.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, 1000, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1 - betas, 0)
+    torch.testing.assert_close(sched.alphas_cumprod.double(), abar, atol=1e-6, rtol=1e-5)
+    # one eta = 1 step by the DDIM formula, with the noise given
+    x, eps, noise = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    t, prev = 6, 1
+    a, ap = abar[t].float(), abar[prev].float()
+    sigma = ((1 - ap) / (1 - a) * (1 - a / ap)).sqrt()
+    x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+    want = ap.sqrt() * x0 + (1 - ap - sigma ** 2).sqrt() * eps + sigma * noise
+    got = sched.step(eps, t, x, eta=1.0, variance_noise=noise).prev_sample
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # the last step's previous alpha-bar is alpha-bar_0, not 1 (DDIMSampler's ddim_alphas_prev)
+    assert sched.final_alpha_cumprod == pytest.approx(float(abar[0]), rel=1e-6)
+
+
+def test_convert_ldm_lc_writes_ldms_ddim_eta_1_protocol(tmp_path, monkeypatch):
+    from diffusers import DiffusionPipeline, EulerDiscreteScheduler
+
+    from lcgen.cli import main
+    from lcgen.pipelines import VQLDMPipeline
+    from lcgen.priors import ldm
+    from lcgen.tokenizer import VQTokenizer
+
+    monkeypatch.setitem(ldm.LDM_CROSS_ATTENTION_SIZES, "LDM-LC-f16", dict(
+        block_out_channels=(32, 64), layers_per_block=1, attention_levels=(True, False), head_channels=16))
+    torch.save({"state_dict": ldm_unet_state()}, tmp_path / "ldm-lc-f16.pth")
+    VQTokenizer(backbone="vqvae", resolution=16, embed_dim=4, codebook_size=16, quantizer_kind="vq").save_pretrained(
+        str(tmp_path / "tok"))
+    main(["convert", "ldm-lc", "--checkpoint", str(tmp_path / "ldm-lc-f16.pth"), "--tokenizer", str(tmp_path / "tok"),
+          "--output", str(tmp_path / "ldm")])
+    pipe = DiffusionPipeline.from_pretrained(str(tmp_path / "ldm"))
+    assert isinstance(pipe, VQLDMPipeline) and pipe.default_sampling()["eta"] == 1.0
+    assert (pipe.config.num_inference_steps, pipe.config.guidance_scale) == (200, 1.6)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(class_id=[0, 4], num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert torch.isfinite(out.images).all()
+    for bad in (float("nan"), -1.0, "1"):
+        with pytest.raises(ValueError, match="eta must be"):
+            pipe(class_id=0, eta=bad)
+    with pytest.raises(ValueError, match="needs a DDIM scheduler"):
+        VQLDMPipeline(pipe.vqvae, pipe.unet, EulerDiscreteScheduler(), eta=1.0)
