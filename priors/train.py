@@ -8,6 +8,7 @@ which are then restored), and a final `save_pretrained` of the whole pipeline (+
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -62,6 +63,9 @@ def check_config(cfg: dict) -> dict:
         raise ValueError(f"sampling.timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {s.timestep_spacing!r}")
     if s.num_inference_steps <= 0:
         raise ValueError(f"sampling.num_inference_steps must be > 0, got {s.num_inference_steps}")
+    if not (math.isfinite(s.eta) and s.eta >= 0) or (s.eta and s.scheduler != "ddim"):
+        raise ValueError(f"sampling.eta must be a finite number >= 0, and 0 unless sampling.scheduler is ddim; got "
+                         f"{s.eta} with {s.scheduler}")
     meta = read_meta(d.shards)
     if data_key(p.family) not in meta["stored"]:
         raise ValueError(f"a {p.family} prior reads {data_key(p.family)}, but {d.shards!r} stores only {meta['stored']}")
@@ -102,7 +106,7 @@ def make_pipeline(cfg: dict, meta: dict, tokenizer, model, info: dict | None = N
     if p.family == "sit":
         return cls(tokenizer, model, path_type=p.path_type, sampling_method=s.sampling_method, **latent)
     sampler = SCHEDULERS[s.scheduler].from_config(_noise_scheduler(p).config, timestep_spacing=s.timestep_spacing)
-    return cls(tokenizer, model, sampler, **latent)
+    return cls(tokenizer, model, sampler, eta=s.eta, **latent)
 
 
 def _num_classes(p: PriorConfig, meta: dict) -> int:

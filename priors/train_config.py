@@ -66,3 +66,4 @@ class SamplingConfig:
     sampling_method: str = "euler"  # SiT: euler | heun | sde
     scheduler: str = "ddim"  # LDM, DiT: ddim | dpmsolver
     timestep_spacing: str = "leading"  # LDM, DiT: leading | trailing | linspace (trailing suits few-step DDIM)
+    eta: float = 0.0  # LDM, DiT with ddim: DDIM's eta (0 deterministic; LDM's own sampling uses 1)

@@ -108,6 +108,8 @@ def test_bf16_and_push_to_hub_call(shards, tmp_path, monkeypatch):
     (["--num_classes", "3"], "cannot hold the 10 classes"),
     (["--scheduler", "euler-a"], "sampling.scheduler"),
     (["--num_inference_steps", "0"], "num_inference_steps"),
+    (["--eta", "nan"], "sampling.eta"),
+    (["--eta", "1.0", "--scheduler", "dpmsolver"], "0 unless sampling.scheduler is ddim"),
     (["--resume_from_checkpoint", "latest"], "no checkpoint"),
     (["--batch_size", "1000"], "no full batch"),
     (["--mixed_precision", "fp8"], "mixed_precision"),
