@@ -208,8 +208,9 @@ def lc_latent_pipeline(source: str, checkpoint: str, tok: VQTokenizer, num_heads
             "sampling_protocol": "DDPM 250 steps, learned variance, guidance 8 (lcgen guides all 8 channels; "
                                  "DiT-LC guides 3: guided_channels=3)"})
     # SiT embeds t in [0, 1] itself; its learned-sigma half is unused by the interpolant
-    return VQSiTPipeline(tok, prior, path_type="linear", sampling_method="heun", num_inference_steps=125,
-                         timestep_scale=1.0, **common, info={
+    return VQSiTPipeline(tok, prior, path_type="linear", sampling_method="dopri5", num_inference_steps=250,
+                         timestep_scale=1.0, atol=1e-6, rtol=1e-3, **common, info={
                              "source": f"VQGAN-LC SiT-LC ({name})",
-                             "sampling_protocol": "Heun ODE, 125 steps (250 evaluations), guidance 8; SiT-LC's own "
-                                                  "runs use adaptive dopri5 and guide 3 channels (guided_channels=3)"})
+                             "sampling_protocol": "SiT-LC's runTestSiT.sh: adaptive dopri5 ODE (atol 1e-6, rtol 1e-3, "
+                                                  "250 output times), guidance 8 (lcgen guides all 8 channels; SiT-LC "
+                                                  "guides 3: guided_channels=3)"})

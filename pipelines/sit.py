@@ -1,6 +1,8 @@
 """`VQSiTPipeline`: class -> continuous latent (the DiT backbone trained as a SiT interpolant,
-velocity prediction; ODE Euler/Heun or SDE sampling) -> nearest codes -> tokenizer decoder."""
+velocity prediction; ODE Euler/Heun, SiT's adaptive dopri5 or its SDE) -> nearest codes -> tokenizer decoder."""
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -25,7 +27,8 @@ class VQSiTPipeline(LatentPipeline):
                  path_type: str = "linear", sampling_method: str = "euler", guidance_scale: float = 4.0,
                  num_inference_steps: int = 50, latent_shift: float = 0.0, latent_scale: float = 1.0,
                  info: dict | None = None, latent_normalization: str = "global", timestep_scale: float = 1000.0,
-                 guided_channels: int | None = None):
+                 guided_channels: int | None = None, diffusion_norm: float = 1.0, last_step_size: float = 0.04,
+                 atol: float = 1e-6, rtol: float = 1e-3):
         super().__init__()
         self._check_guided_channels(guided_channels, transformer)
         if not isinstance(timestep_scale, (int, float)) or not timestep_scale > 0:
@@ -34,6 +37,7 @@ class VQSiTPipeline(LatentPipeline):
             raise ValueError(f"path_type must be one of {PATHS}, got {path_type!r}")
         if sampling_method not in SAMPLERS:
             raise ValueError(f"sampling_method must be one of {SAMPLERS}, got {sampling_method!r}")
+        self._check_solver(diffusion_norm, last_step_size, atol, rtol)
         self._check_tokenizer(vqvae, transformer)
         self.register_modules(vqvae=vqvae, transformer=transformer)
         self._check_normalization(latent_normalization)
@@ -41,12 +45,37 @@ class VQSiTPipeline(LatentPipeline):
                                 guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
                                 latent_shift=latent_shift, latent_scale=latent_scale, info=info or {},
                                 latent_normalization=latent_normalization, timestep_scale=float(timestep_scale),
-                                guided_channels=guided_channels)
+                                guided_channels=guided_channels, diffusion_norm=diffusion_norm,
+                                last_step_size=last_step_size, atol=atol, rtol=rtol)
+
+    @staticmethod
+    def _check_solver(diffusion_norm, last_step_size, atol, rtol) -> None:
+        def number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if not (number(diffusion_norm) and diffusion_norm >= 0):
+            raise ValueError(f"diffusion_norm must be a finite number >= 0, got {diffusion_norm!r}")
+        if not (number(last_step_size) and 0 < last_step_size < 1):
+            raise ValueError(f"last_step_size must be in (0, 1), got {last_step_size!r}")
+        if not (number(atol) and number(rtol) and atol > 0 and rtol > 0):
+            raise ValueError(f"atol and rtol must be finite numbers > 0, got {atol!r}, {rtol!r}")
+
+    def _solver_settings(self) -> dict:
+        """SDE / dopri5 settings (SiT's defaults for folders saved before they were settings)."""
+        c = self.config
+        return {"diffusion_norm": c.get("diffusion_norm", 1.0), "last_step_size": c.get("last_step_size", 0.04),
+                "atol": c.get("atol", 1e-6), "rtol": c.get("rtol", 1e-3)}
 
     def default_sampling(self) -> dict:
         c = self.config
-        return {"guidance_scale": c.guidance_scale, "num_inference_steps": c.num_inference_steps,
-                "sampling_method": c.sampling_method, "path_type": c.path_type}
+        out = {"guidance_scale": c.guidance_scale, "num_inference_steps": c.num_inference_steps,
+               "sampling_method": c.sampling_method, "path_type": c.path_type}
+        solver = self._solver_settings()
+        if c.sampling_method == "sde":
+            out.update(diffusion_norm=solver["diffusion_norm"], last_step_size=solver["last_step_size"])
+        if c.sampling_method == "dopri5":
+            out.update(atol=solver["atol"], rtol=solver["rtol"])
+        return out
 
     @torch.no_grad()
     def __call__(self, class_id=None, num_images_per_class: int = 1, guidance_scale: float | None = None,
@@ -62,8 +91,10 @@ class VQSiTPipeline(LatentPipeline):
             guidance_scale (`float`, default: the pipeline's): classifier-free guidance on the velocity
                 over all latent channels; 1.0 turns it off.
             num_inference_steps (`int`, default: the pipeline's): fixed integration steps (Heun
-                evaluates the model twice per step).
-            sampling_method (`str`, default: the pipeline's): "euler", "heun" (ODE) or "sde".
+                evaluates the model twice per step); for "dopri5" the output grid (the solver adapts).
+            sampling_method (`str`, default: the pipeline's): "euler", "heun", "dopri5" (SiT's adaptive
+                ODE; atol / rtol are pipeline settings) or "sde" (SiT's Euler-Maruyama with the
+                pipeline's diffusion_norm and last_step_size).
             generator (`torch.Generator` or a list, one per image): for reproducible samples.
             output_type (`str`, default "pil"): "pil", "np" (B, H, W, C) in [0, 1] or "pt" (B, C, H, W).
             return_dict (`bool`, default True): an `ImagePipelineOutput`, else a tuple.
@@ -85,5 +116,5 @@ class VQSiTPipeline(LatentPipeline):
 
         x = Interpolant(self.config.path_type).sample(
             velocity, (len(labels), *self.latent_shape), steps, method, generator, device, self.denoiser.dtype,
-            progress=self.progress_bar)
+            progress=self.progress_bar, **self._solver_settings())
         return self._output(self._decode_latents(x), output_type, return_dict)

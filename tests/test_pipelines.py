@@ -94,7 +94,7 @@ def test_bad_gpt_sampling_settings(kwargs, match):
 
 def test_bad_sit_sampler():
     with pytest.raises(ValueError, match="sampling_method"):
-        tiny_pipeline("sit")(class_id=1, sampling_method="dopri5")
+        tiny_pipeline("sit")(class_id=1, sampling_method="rk45")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

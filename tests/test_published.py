@@ -526,13 +526,17 @@ def test_convert_sit_lc_gives_the_network_t_in_0_1(tmp_path):
     torch.save({"ema": dit_state(grid=7, patch=1, channels=4)}, tmp_path / "sit-lc.pth")
     convert("sit-lc", str(tmp_path / "sit-lc.pth"), str(tmp_path / "pipe"), tokenizer=str(tmp_path / "tok"), num_heads=4)
     pipe = load_pipeline(str(tmp_path / "pipe"))
-    assert pipe.family == "sit" and pipe.config.timestep_scale == 1.0 and pipe.config.sampling_method == "heun"
+    assert pipe.family == "sit" and pipe.config.timestep_scale == 1.0
+    assert pipe.default_sampling() == {"guidance_scale": 8.0, "num_inference_steps": 250, "sampling_method": "dopri5",
+                                       "path_type": "linear", "atol": 1e-6, "rtol": 1e-3}  # runTestSiT.sh
     seen = []
     real = pipe._call_denoiser
     pipe._call_denoiser = lambda x, t, labels: (seen.append(float(t.reshape(-1)[0])), real(x, t, labels))[1]
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(class_id=2, num_inference_steps=3, guidance_scale=1.0, output_type="pt").images
+    out = pipe(class_id=2, num_inference_steps=3, guidance_scale=1.0, sampling_method="heun", output_type="pt").images
     assert out.shape == (1, 1, 28, 28) and 0.0 <= min(seen) and max(seen) <= 1.0 and max(seen) > 0.5
+    with pytest.raises(ValueError, match="diffusion_norm"):
+        type(pipe)(pipe.vqvae, pipe.transformer, diffusion_norm=float("nan"))
 
 
 # ---------------------------------------------------------------- VQGAN-LC's GPT-LC (minGPT)

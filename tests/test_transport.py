@@ -22,11 +22,13 @@ def gaussian_velocity(interp):
 
 
 @pytest.mark.parametrize("path", ["linear", "gvp"])
-@pytest.mark.parametrize("method,steps,tol", [("euler", 200, 0.03), ("heun", 40, 0.02), ("sde", 400, 0.04)])
-def test_samplers_reach_the_data_distribution(path, method, steps, tol):
+@pytest.mark.parametrize("method,steps,tol,options", [
+    ("euler", 200, 0.03, {}), ("heun", 40, 0.02, {}), ("dopri5", 10, 0.02, {}),
+    ("sde", 400, 0.04, {}), ("sde", 400, 0.04, dict(diffusion_norm=0.3, last_step_size=0.01))])
+def test_samplers_reach_the_data_distribution(path, method, steps, tol, options):
     interp = Interpolant(path)
     x = interp.sample(gaussian_velocity(interp), (40000,), steps, method, generator=torch.Generator().manual_seed(0),
-                      dtype=torch.float64)
+                      dtype=torch.float64, **options)
     assert abs(x.mean().item() - MU) < tol
     assert abs(x.std().item() - S) < tol
 
@@ -72,6 +74,38 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="path_type"):
         Interpolant("vp-cosine")
     with pytest.raises(ValueError, match="sampling method"):
-        Interpolant().sample(lambda x, t: x, (2,), 4, "dopri5")
+        Interpolant().sample(lambda x, t: x, (2,), 4, "rk4")
     with pytest.raises(ValueError, match="num_steps"):
         Interpolant().sample(lambda x, t: x, (2,), 0)
+    with pytest.raises(ValueError, match=">= 2 for sde"):
+        Interpolant().sample(lambda x, t: x, (2,), 1, "sde")
+    with pytest.raises(ValueError, match="last_step_size"):
+        Interpolant().sample(lambda x, t: x, (2,), 4, "sde", last_step_size=1.5)
+
+
+def test_sde_follows_sits_grid_noise_and_mean_last_step():
+    # by hand, with a velocity field whose E[x0|x] is known: 3 points on [0, 0.96], 2 noisy steps, one mean step
+    interp, norm, lss = Interpolant("linear"), 0.7, 0.04
+    field = lambda x, t: 0.5 * x + t  # noqa: E731 - any smooth field
+    x0 = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    got = interp.sample(field, (6,), 3, "sde", generator=g, noise=x0.clone(), dtype=torch.float64,
+                        diffusion_norm=norm, last_step_size=lss)
+    g = torch.Generator().manual_seed(2)
+    x, ts = x0.clone(), torch.linspace(0, 1 - lss, 3).tolist()
+    dt = ts[1] - ts[0]
+
+    def drift(x, t):  # linear path: E[x0|x] = t v - x (a = t, s = 1 - t, a s' - a' s = -1)
+        v = field(x, t)
+        return v - norm * (x - t * v)
+
+    for t in ts[:-1]:
+        x = x + drift(x, t) * dt + (2 * norm * (1 - t)) ** 0.5 * torch.randn(6, generator=g, dtype=torch.float64) * dt ** 0.5
+    torch.testing.assert_close(got, x + drift(x, 1 - lss) * lss)
+
+
+def test_dopri5_solves_a_linear_ode_to_tolerance():
+    # dx/dt = -2 x: x(1) = x(0) e^-2
+    x = Interpolant("linear").sample(lambda x, t: -2 * x, (5,), 4, "dopri5", noise=torch.ones(5, dtype=torch.float64),
+                                     atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(x, torch.full((5,), torch.e ** -2, dtype=torch.float64), atol=1e-7, rtol=1e-7)
