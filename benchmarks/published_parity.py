@@ -9,6 +9,7 @@ lcgen model; prints the largest differences as JSON.
     python benchmarks/published_parity.py gpt-lc       --official /path/to/VQGAN-LC/vqgan-gpt-lc  # needs omegaconf
     python benchmarks/published_parity.py ldm-lc       --official /path/to/VQGAN-LC/ldm-lc  # needs einops
     python benchmarks/published_parity.py dit          --official /path/to/VQGAN-LC/dit-lc (or DiT)  # needs timm
+    python benchmarks/published_parity.py sit-samplers --official /path/to/VQGAN-LC/sit-lc  # needs timm
     python benchmarks/published_parity.py sit          --official /path/to/VQGAN-LC/sit-lc (or SiT)  # needs timm
 
 Each run writes the weights as the official training scripts save them (a dict with "model" or
@@ -257,7 +258,7 @@ def ldm_lc(a, tmp):
         ref = unet(x, t, context=embedder(y[:, None]))
         r = {"unet_eps_max_abs": float((pipe.unet(x, t, class_labels=y).sample - ref).abs().max()),
              "unet_eps_max": float(ref.abs().max())}
-        steps = a.steps
+        steps = a.steps or 200
         cls = torch.tensor([207, 3])
         torch.manual_seed(7)  # ldm's sampler draws x_T and each step's noise from the global generator
         ref_z, _ = CPUSampler(Official()).sample(S=steps, batch_size=2, shape=(8, 16, 16), conditioning=embedder(cls[:, None]),
@@ -299,7 +300,62 @@ def sit(a, tmp):
     return dit(a, tmp, sit=True)
 
 
-RUNS = {"gpt-lc": gpt_lc, "ldm-lc": ldm_lc, "dit": dit, "sit": sit, "llamagen-vq": llamagen_vq, "llamagen-gpt": llamagen_gpt, "taming": taming, "vqgan-lc": vqgan_lc}
+def sit_samplers(a, tmp):
+    """SiT-LC's evaluation.py samplers (transport.Sampler: ODE dopri5, SDE Euler with diffusion_norm and
+    the Mean last step, both guiding 3 channels through forward_with_cfg on a doubled batch) against
+    the converted pipeline with guided_channels=3, on a SiT-S/2 (the samplers, not the size, are compared)."""
+    import models
+    from transport import Sampler, create_transport
+    from transport import integrators
+
+    import lcgen.priors.transport as lcgen_transport
+    from lcgen.pipelines import VQSiTPipeline
+    from lcgen.tokenizer import VQTokenizer
+
+    torch.manual_seed(0)
+    official = models.SiT_models["SiT-S/2"](input_size=16, in_channels=8, num_classes=1000, learn_sigma=True).eval()
+    perturb(official, skip=("pos_embed",))
+    path = os.path.join(tmp, "sit.pt")
+    torch.save({"ema": official.state_dict()}, path)
+    prior = dit_from_official(load_state_dict(path, prefer=("ema",)))
+    tok = VQTokenizer(backbone="vqvae", resolution=16, embed_dim=8, codebook_size=16, quantizer_kind="vq")
+    sampler, steps, cls = Sampler(create_transport("Linear", "velocity", None, None, None)), a.steps or 250, [207, 3]
+    n = len(cls)
+    out = {}
+    for mode in ("dopri5", "sde"):
+        pipe = VQSiTPipeline(tok, prior, path_type="linear", sampling_method=mode, num_inference_steps=steps,
+                             guidance_scale=8.0, timestep_scale=1.0, guided_channels=3)
+        pipe.set_progress_bar_config(disable=True)
+        captured, drawn = {}, []
+        pipe._decode_latents = lambda z: captured.setdefault("z", z)
+        torch.manual_seed(11)
+        z = torch.randn(n, 8, 16, 16)
+        y = torch.tensor(cls + [1000] * n)
+        if mode == "dopri5":
+            fn = sampler.sample_ode(sampling_method="dopri5", num_steps=steps, atol=1e-6, rtol=1e-3)
+        else:
+            fn = sampler.sample_sde(sampling_method="Euler", diffusion_form="sigma", diffusion_norm=1.0,
+                                    last_step="Mean", last_step_size=0.04, num_steps=steps)
+            real_randn = integrators.th.randn
+            integrators.th.randn = lambda *s, **k: drawn.append(real_randn(*s, **k)) or drawn[-1]  # record SiT's noise
+        with torch.no_grad():
+            ref = fn(torch.cat([z, z]), official.forward_with_cfg, y=y, cfg_scale=8.0)[-1][:n]
+        if mode == "sde":
+            integrators.th.randn = real_randn
+            replay = iter([z] + [d[:n] for d in drawn])  # the conditional half's noise, step by step
+            real_randn_tensor = lcgen_transport.randn_tensor
+            lcgen_transport.randn_tensor = lambda *s, **k: next(replay)
+        try:
+            pipe(class_id=cls, generator=torch.Generator().manual_seed(11), output_type="pt")
+        finally:
+            if mode == "sde":
+                lcgen_transport.randn_tensor = real_randn_tensor
+        out[f"{mode}_{steps}_cfg8_3ch_latent_max_abs"] = float((captured["z"] - ref).abs().max())
+        out[f"{mode}_latent_max"] = float(ref.abs().max())
+    return out
+
+
+RUNS = {"sit-samplers": sit_samplers, "gpt-lc": gpt_lc, "ldm-lc": ldm_lc, "dit": dit, "sit": sit, "llamagen-vq": llamagen_vq, "llamagen-gpt": llamagen_gpt, "taming": taming, "vqgan-lc": vqgan_lc}
 
 
 def main(argv=None):
@@ -309,7 +365,8 @@ def main(argv=None):
     p.add_argument("--fp64", action="store_true")
     p.add_argument("--model", default="GPT-B")
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=200, help="ldm-lc: DDIM steps (LDM-LC samples with 200)")
+    p.add_argument("--steps", type=int, default=None, help="ldm-lc: DDIM steps (LDM-LC samples with 200); "
+                                                            "sit-samplers: SiT-LC's num-sampling-steps (250)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if not os.path.isdir(a.official):
