@@ -66,6 +66,34 @@ def judge_on_reconstructions(tokenizer_dir: str, classifier: ImageClassifier, ma
     return hits / total
 
 
+# what a demo run writes under its output folder; a rerun retrains the tokenizer and the judge, so every
+# one of these from an earlier run is stale (shards of another tokenizer, features of another judge)
+RUN_FOLDERS = ("tokenizer", "eval", "shards", "classifier", "runs", "pipelines", "fid", "fid-cache", FIGURES)
+RUN_FILES = ("report.json", "index.html")
+
+
+MARKER = ".lcgen-demo"  # written first by every run: a folder without it is not the demo's to clear
+
+
+def clear_previous_run(out: str) -> None:
+    """Remove an earlier demo run's stages from `out` (only the names the demo itself writes), or refuse a
+    non-empty folder that an earlier demo run did not create; then mark `out` as a demo folder."""
+    if os.path.isfile(out):
+        raise ValueError(f"--output {out} is a file, not a folder")
+    earlier = any(os.path.isfile(os.path.join(out, f)) for f in (MARKER, "report.json"))  # report: older demos
+    if os.path.isdir(out) and os.listdir(out) and not earlier:
+        raise ValueError(f"--output {out} is not empty and holds no earlier demo run ({MARKER}): pass a new or "
+                         f"empty folder")
+    for name in RUN_FOLDERS:
+        shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    for name in RUN_FILES:
+        if os.path.isfile(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, MARKER), "w") as f:
+        f.write("written by lcgen demo; a rerun replaces this folder's stages\n")
+
+
 def run_demo(output: str, quick: bool = False, families=FAMILIES, lpips: str = "auto",
              lpips_vgg_weights: str | None = None) -> dict:
     bad = [f for f in families if f not in FAMILIES]
@@ -73,6 +101,7 @@ def run_demo(output: str, quick: bool = False, families=FAMILIES, lpips: str = "
         raise ValueError(f"unknown prior families {bad}; expected some of {FAMILIES}")
     b = BUDGETS["quick" if quick else "full"]
     out = os.path.abspath(output)
+    clear_previous_run(out)
     report = {"budget": "quick" if quick else "full", **b}
     start = time.time()
 

@@ -8,6 +8,7 @@ skips the shards that exist.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -26,8 +27,20 @@ from .shards import META_NAME, shard_name
 STORABLE = ("indices", "latents")
 LATENT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # arguments that must match for a rerun to continue an earlier extraction
-_IDENTITY = ("tokenizer", "dataset", "split", "resolution", "data_dir", "max_samples", "shard_size", "views",
-             "stored", "latent_dtype")
+_IDENTITY = ("tokenizer", "tokenizer_weights", "dataset", "split", "resolution", "data_dir", "max_samples",
+             "shard_size", "views", "stored", "latent_dtype")
+
+
+def weights_digest(folder: str) -> str:
+    """sha256 over the folder's safetensors files (sorted by name): a retrained tokenizer saved to the same
+    path is another tokenizer, and shards encoded by the old one must not be continued or reused."""
+    h = hashlib.sha256()
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
+        h.update(name.encode())
+        with open(os.path.join(folder, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def _check_args(store, latent_dtype, batch_size, shard_size):
@@ -90,7 +103,7 @@ def extract(tokenizer: str, dataset: str, output_dir: str, split: str = "train",
                        max_samples)
     views = 2 if flip_view else 1
     num_shards = -(-len(ds) // shard_size)
-    identity = dict(tokenizer=os.path.abspath(tokenizer), dataset=dataset, split=split, resolution=resolution,
+    identity = dict(tokenizer=os.path.abspath(tokenizer), tokenizer_weights=weights_digest(tokenizer), dataset=dataset, split=split, resolution=resolution,
                     data_dir=data_dir, max_samples=max_samples, shard_size=shard_size, views=views, stored=store,
                     latent_dtype=latent_dtype)
     os.makedirs(output_dir, exist_ok=True)

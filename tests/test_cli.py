@@ -1,6 +1,7 @@
 """The lcgen command line: clear one-line errors for bad input, the benchmark, and the quick demo."""
 import json
 import logging
+import os
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -123,3 +124,22 @@ def test_device_defaults_to_cuda_when_available(monkeypatch):
     parser = cli.build_parser()
     for argv in (["sample", "p", "--output", "o"], ["extract", "t", "--output", "o"], ["evaluate-tokenizer", "m"]):
         assert parser.parse_args(argv).device is None  # resolved by default_device at run time
+
+
+def test_demo_rerun_clears_its_own_stale_stages_and_refuses_a_foreign_folder(tmp_path):
+    from lcgen.demo import MARKER, clear_previous_run
+
+    foreign = tmp_path / "mine"
+    (foreign / "runs").mkdir(parents=True)
+    (foreign / "runs" / "keep.txt").write_text("not the demo's")
+    with pytest.raises(ValueError, match="holds no earlier demo run"):
+        clear_previous_run(str(foreign))
+    assert (foreign / "runs" / "keep.txt").exists() and not (foreign / MARKER).exists()
+    demo = tmp_path / "demo"
+    clear_previous_run(str(demo))  # a new folder: created and marked
+    for stage in ("shards", "runs", "fid-cache"):
+        (demo / stage).mkdir()
+        (demo / stage / "old").write_text("stale")
+    (demo / "notes.txt").write_text("the user's")
+    clear_previous_run(str(demo))
+    assert sorted(os.listdir(demo)) == [MARKER, "notes.txt"]

@@ -75,6 +75,19 @@ def test_rerun_with_other_arguments_is_refused(tok_dir, tmp_path):
         extract(tok_dir, "fashion-mnist", str(tmp_path), max_samples=20, shard_size=10)
 
 
+def test_a_retrained_tokenizer_at_the_same_path_does_not_reuse_the_shards(tmp_path):
+    # the demo retrains its tokenizer into the same folder: the old shards are another tokenizer's
+    path = str(tmp_path / "tok")
+    tiny_tokenizer().save_pretrained(path)
+    extract(path, "fashion-mnist", str(tmp_path / "shards"), max_samples=20, shard_size=20)
+    retrained = tiny_tokenizer()
+    with torch.no_grad():
+        next(retrained.parameters()).add_(0.01)
+    retrained.save_pretrained(path)  # new weights, same path
+    with pytest.raises(ValueError, match="tokenizer_weights"):
+        extract(path, "fashion-mnist", str(tmp_path / "shards"), max_samples=20, shard_size=20)
+
+
 @pytest.mark.parametrize("kwargs,match", [({"store": ["codes"]}, "store"), ({"latent_dtype": "int8"}, "latent_dtype"),
                                           ({"shard_size": 0}, "shard_size"), ({"tokenizer": "/nonexistent"}, "tokenizer")])
 def test_bad_arguments_before_any_write(tok_dir, tmp_path, kwargs, match):
