@@ -13,14 +13,16 @@ from .diffusion import NoisePredictionPipeline
 
 class VQLDMPipeline(NoisePredictionPipeline):
     """Components: `vqvae` (VQTokenizer), `unet` (UNet2DModel with num_class_embeds = classes + 1,
-    the last row the null class, or LDM's cross-attention `ClassCrossAttentionUNet`) and `scheduler`. The prior models the latent in `latent_normalization`
-    space (lcgen.priors.latent_space: "global" (z - latent_shift) * latent_scale, or "chunk")."""
+    the last row the null class, or LDM's cross-attention `ClassCrossAttentionUNet`) and `scheduler`.
+    The prior models the latent in `latent_normalization` space (lcgen.priors.latent_space: "global"
+    (z - latent_shift) * latent_scale, or "chunk")."""
 
     family = "ldm"
     denoiser_name = "unet"
     model_cpu_offload_seq = "unet->vqvae"
 
-    def __init__(self, vqvae: VQTokenizer, unet: UNet2DModel | ClassCrossAttentionUNet, scheduler: SchedulerMixin, id2label: dict | None = None,
+    def __init__(self, vqvae: VQTokenizer, unet: UNet2DModel | ClassCrossAttentionUNet, scheduler: SchedulerMixin,
+                 id2label: dict | None = None,
                  guidance_scale: float = 1.6, num_inference_steps: int = 50, latent_shift: float = 0.0,
                  latent_scale: float = 1.0, info: dict | None = None,
                  latent_normalization: str = "global", eta: float = 0.0):

@@ -103,8 +103,8 @@ def extract(tokenizer: str, dataset: str, output_dir: str, split: str = "train",
                        max_samples)
     views = 2 if flip_view else 1
     num_shards = -(-len(ds) // shard_size)
-    identity = dict(tokenizer=os.path.abspath(tokenizer), tokenizer_weights=weights_digest(tokenizer), dataset=dataset, split=split, resolution=resolution,
-                    data_dir=data_dir, max_samples=max_samples, shard_size=shard_size, views=views, stored=store,
+    identity = dict(tokenizer=os.path.abspath(tokenizer), tokenizer_weights=weights_digest(tokenizer), dataset=dataset,
+                    split=split, resolution=resolution, data_dir=data_dir, max_samples=max_samples, shard_size=shard_size, views=views, stored=store,
                     latent_dtype=latent_dtype)
     os.makedirs(output_dir, exist_ok=True)
     meta_file = os.path.join(output_dir, META_NAME)

@@ -148,15 +148,11 @@ def gpt_from_vqgan_lc(state: dict[str, torch.Tensor], num_classes: int = 1000, g
         for part in ("weight", "bias"):
             weights[f"blocks.{i}.attn.qkv.{part}"] = torch.cat(
                 [state[f"blocks.{i}.attn.{name}.{part}"] for name in ("query", "key", "value")])
-    fused = {f"attn.{name}" for name in ("query", "key", "value")}
+    # what is left after the embeddings, the head and the fused q/k/v (minGPT's causal mask is a buffer)
+    handled = re.compile(r"tok_emb\.weight|head\.weight|pos_emb|blocks\.\d+\.attn\.((query|key|value)\.(weight|bias)|mask)")
     try:
-        for key, v in state.items():
-            if key in weights or key in ("tok_emb.weight", "head.weight", "pos_emb") or key.endswith("attn.mask"):
-                continue
-            layer = re.fullmatch(r"blocks\.\d+\.(.+)\.(weight|bias)", key)
-            if layer and layer.group(1) in fused:
-                continue
-            weights[_rename(key, "blocks", _MINGPT_LAYER, _MINGPT_TOP)] = v
+        weights.update({_rename(key, "blocks", _MINGPT_LAYER, _MINGPT_TOP): v for key, v in state.items()
+                        if not handled.fullmatch(key)})
     except KeyError as e:
         raise ValueError(f"unexpected key {e.args[0]!r} in the GPT-LC checkpoint") from None
     take(weights, {name: tuple(v.shape) for name, v in prior.state_dict().items()}, "GPT-LC")
