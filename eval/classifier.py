@@ -39,6 +39,11 @@ class ImageClassifier(ModelMixin, ConfigMixin):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)
 
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The last conv block's map (B, 2 * width, 7, 7), before the flatten: 49 patch features an image
+        (the VQGAN-LC codebook's pretrained encoder on this offline machine)."""
+        return self.body[:6](images)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
 

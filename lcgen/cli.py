@@ -23,6 +23,7 @@ from lcgen.pipelines import load_pipeline
 from lcgen.priors.extract import extract
 from lcgen.priors.train import main as train_prior_main
 from lcgen.tokenizer.codebook_init import build_lc_codebook
+from lcgen.tokenizer.patch_encoders import PATCH_ENCODERS
 from lcgen.tokenizer.train import main as train_tokenizer_main
 
 # the source checkout (benchmarks/ is not part of the installed package)
@@ -117,8 +118,9 @@ def cmd_benchmark_search(args):
 
 def cmd_init_codebook(args):
     meta = build_lc_codebook(args.encoder, args.image_folder, args.codebook_size, args.output,
-                             per_class=args.per_class, pool=args.pool, iters=args.iters,
-                             batch_size=args.batch_size, seed=args.seed)
+                             per_class=args.per_class, pool=args.pool, epochs=args.epochs,
+                             batch_size=args.batch_size, seed=args.seed, dataset=args.dataset, split=args.split,
+                             encoder_kind=args.encoder_kind, kmeans_batch=args.kmeans_batch)
     logger.info(f"wrote {args.output}: {meta['codebook_size']} codes from {meta['images']} images "
           f"({meta['skipped_images']} skipped)")
 
@@ -252,16 +254,25 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--push_to_hub", "--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repo")
     v.set_defaults(func=cmd_convert)
 
-    c = sub.add_parser("init-codebook", help="VQGAN-LC frozen codebook: k-means over CLIP patch features")
+    c = sub.add_parser("init-codebook", help="VQGAN-LC frozen codebook: k-means over a pretrained encoder's "
+                                             "patch features")
     c.add_argument("--encoder", default="openai/clip-vit-large-patch14",
-                   help="local path or Hub id of a transformers CLIP vision model")
-    c.add_argument("--image-folder", required=True, help="folder of images; sub-folders are classes")
+                   help="local path or Hub id of a transformers CLIP vision model, or an lcgen ImageClassifier "
+                        "folder (`lcgen train-classifier`)")
+    c.add_argument("--encoder-kind", default="auto", choices=("auto", *PATCH_ENCODERS),
+                   help="auto: an ImageClassifier folder is read as one, anything else as CLIP")
+    images = c.add_mutually_exclusive_group(required=True)
+    images.add_argument("--image-folder", help="folder of images; sub-folders are classes")
+    images.add_argument("--dataset", help="an lcgen dataset name with labels in memory (e.g. fashion-mnist)")
+    c.add_argument("--split", default="train", help="the --dataset split (default train)")
     c.add_argument("--codebook-size", type=int, default=100_000)
     c.add_argument("--output", required=True, help="a .safetensors file")
     c.add_argument("--per-class", action="store_true", help="k-means per class, K/num_classes each (VQGAN-LC)")
-    c.add_argument("--pool", type=int, default=4, help="average pooling of the patch grid (VQGAN-LC: 4)")
-    c.add_argument("--iters", type=int, default=20)
-    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--pool", type=int, default=None,
+                   help="average pooling of the patch grid (default: 4 for CLIP as VQGAN-LC, 1 for a classifier)")
+    c.add_argument("--epochs", type=int, default=3, help="mini-batch k-means passes over the features")
+    c.add_argument("--kmeans-batch", type=int, default=4096, help="features per mini-batch k-means step")
+    c.add_argument("--batch-size", type=int, default=32, help="images per encoder batch")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=cmd_init_codebook)
     return p

@@ -94,3 +94,18 @@ def test_resolved_config_holds_every_key_and_loads_back(tmp_path):
     assert hparams["training.lr"] == 1e-3 and hparams["training.batch_size"] == cfg["training"].batch_size
     assert hparams["training.use_ema"] is False and hparams["training.max_train_steps"] is None
     assert isinstance(hparams["model.quantizer_options"], str)  # a dict, which trackers cannot hold, as YAML
+
+
+@pytest.mark.parametrize("preset,attention_levels", [("vqgan-lc-f16-100k", [False, False, False, False, True]),
+                                                     ("vqgan-lc-f8-100k", [False, False, False, False])])
+def test_vqgan_lc_presets_place_attention_as_the_official_configs(preset, attention_levels):
+    """vq-f16.yaml and vq-f8.yaml both say attn_resolutions [16]: the f16 model's last level (16 px at 256)
+    has attention, the f8 model (levels 256, 128, 64, 32 px) has it in the mid blocks only."""
+    from lcgen.tokenizer import VQTokenizer
+
+    model = dict(parse_config(["--config", os.path.join(ROOT, "configs", f"{preset}.yaml")])["model"])
+    assert list(model["attn_resolutions"]) == [16] and model["resolution"] == 256
+    model.update(ch=32, z_channels=8, codebook_size=16, quantizer_kind="vq")  # small; attention placement unchanged
+    m = VQTokenizer(**model)
+    assert ["Attn" in type(b).__name__ for b in m.encoder.down_blocks] == attention_levels
+    assert ["Attn" in type(b).__name__ for b in m.decoder.up_blocks] == attention_levels[::-1]

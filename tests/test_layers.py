@@ -17,6 +17,7 @@ LAYERS = {
     "lcgen.training": FOUNDATIONS, "lcgen.eval": RUNNERS, "lcgen.eval.metrics": FOUNDATIONS,
     "lcgen.eval.fid": FOUNDATIONS,
     "lcgen.tokenizer": TOKENIZER, "lcgen.tokenizer.train": RUNNERS, "lcgen.tokenizer.codebook_init": RUNNERS,
+    "lcgen.tokenizer.patch_encoders": RUNNERS,
     "lcgen.priors": PRIORS, "lcgen.priors.train": RUNNERS, "lcgen.priors.extract": RUNNERS,
     "lcgen.pipelines": PIPELINES,
     "lcgen.cli": RUNNERS, "lcgen.demo": RUNNERS, "lcgen.convert": RUNNERS, "lcgen.official_checkpoints": FOUNDATIONS,

@@ -56,7 +56,7 @@ def test_generator_total_after_disc_start_adds_adaptive_gan_term():
     m, x, out = _model_and_output()
     loss = TokenizerLoss(in_channels=1, perceptual_weight=0.0, quantizer_weight=0.1, disc_weight=0.5, disc_start=0,
                          disc_ndf=8)
-    total, logs = loss.generator_loss(x, out, step=0, last_layer=m.last_layer)
+    total, logs = loss.generator_loss(x, out, step=1, last_layer=m.last_layer)
     g = -loss.discriminator(out.sample).mean()
     w = adaptive_weight(out.reconstruction_loss, g, m.last_layer) * 0.5
     assert torch.allclose(total, out.reconstruction_loss + 0.1 * out.quantizer_loss + w * g, rtol=1e-5)
@@ -67,15 +67,21 @@ def test_generator_pass_leaves_no_discriminator_gradient_when_switched_off():
     m, x, out = _model_and_output()
     loss = TokenizerLoss(in_channels=1, perceptual_weight=0.0, disc_weight=0.5, disc_start=0, disc_ndf=8)
     loss.discriminator.requires_grad_(False)  # what the trainer does around the generator pass
-    total, _ = loss.generator_loss(x, out, step=0, last_layer=m.last_layer)
+    total, _ = loss.generator_loss(x, out, step=1, last_layer=m.last_layer)
     total.backward()
     assert all(p.grad is None for p in loss.discriminator.parameters())
     assert m.decoder.conv_out.weight.grad is not None
     loss.discriminator.requires_grad_(True)
-    d_loss, _ = loss.discriminator_loss(x, out.sample, step=0)
+    d_loss, _ = loss.discriminator_loss(x, out.sample, step=1)
     d_loss.backward()
     assert all(p.grad is not None for p in loss.discriminator.parameters())
     assert torch.isclose(d_loss, hinge_d_loss(loss.discriminator(x), loss.discriminator(out.sample.detach())))
+
+
+def test_gan_switches_on_after_disc_start_as_vqgan_lc():
+    """VQGAN-LC: `cur_iter > disc_start` on the 0-based step count (not taming's >=)."""
+    loss = TokenizerLoss(in_channels=1, perceptual_weight=0.0, disc_weight=0.5, disc_start=10, disc_ndf=8)
+    assert [loss.disc_active(s) for s in (0, 9, 10, 11, 12)] == [False, False, False, True, True]
 
 
 def test_discriminator_loss_before_start_is_an_error():

@@ -36,7 +36,7 @@ def test_interface_shapes_lookup_and_autocast(kind):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out_bf16 = q(z)
     assert torch.equal(out_bf16.indices, out.indices)
-    assert kind in ("looc", "pq") or m == 1
+    assert kind in ("looc", "pq", "looc-pq") or m == 1
 
 
 # ------------------------------------------------------------------ vq
@@ -141,9 +141,11 @@ def test_lc_frozen_codebook_trainable_projector(tmp_path):
     assert q2.code_dim == 8 and q2(torch.randn(1, 256, 2, 2)).quantized.shape == (1, 256, 2, 2)
 
 
-def test_lc_without_init_warns():
-    with pytest.warns(UserWarning, match="random Gaussian"):
-        build_quantizer("lc", dim=8, codebook_size=20, frozen_dim=16)
+def test_lc_without_init_warns_and_builds_vqgan_lc_random_fix_table():
+    with pytest.warns(UserWarning, match=r"uniform\(-1/K, 1/K\)"):
+        q = build_quantizer("lc", dim=8, codebook_size=20, frozen_dim=16)
+    frozen = q.codebook.frozen  # VQGAN-LC --tuning_codebook -2: uniform(-1/K, 1/K), K = 20
+    assert frozen.shape == (20, 16) and frozen.abs().max() <= 1 / 20 and frozen.abs().max() > 0.8 / 20
 
 
 # ------------------------------------------------------------------ cvq
@@ -278,6 +280,29 @@ def test_pq_with_revival_per_codebook():
     assert torch.allclose(q.reviver.usage.sum(1), torch.full((2,), 0.01))
 
 
+def test_looc_pq_is_cosine_per_codebook_with_revival_and_summed_losses():
+    """LooC's PQ (quantizer_zoo/PQ): m LooC sub-quantizers -- cosine argmax in each one's own codebook,
+    CVQ revival per codebook, raw codes out, loss = sum over the m of 0.25 mse(sg zq, z) + mse(zq, sg z)."""
+    torch.manual_seed(0)
+    q = build_quantizer("looc-pq", dim=8, codebook_size=5, chunk_dim=2)
+    assert q.distance == "cos" and q.reviver is not None and q.codebook.embed.shape == (4, 5, 2)
+    codes = q.codebook.embed.detach().clone()
+    z = torch.randn(2, 8, 2, 3)
+    out = q(z)
+    flat = bhwc(z).view(-1, 4, 2)
+    want = 0.0
+    for j in range(4):
+        idx = fp64_nearest(flat[:, j], codes[j], "cos")
+        assert torch.equal(out.indices.reshape(-1, 4)[:, j], idx)
+        zq = codes[j][idx]
+        assert torch.allclose(bhwc(out.quantized).view(-1, 4, 2)[:, j], zq, atol=1e-6)  # pre-update raw code
+        want += 0.25 * ((zq - flat[:, j]) ** 2).mean() + ((zq - flat[:, j]) ** 2).mean()
+    assert torch.allclose(out.loss, torch.as_tensor(want, dtype=torch.float32), rtol=1e-5)
+    assert q.reviver.usage.shape == (4, 5)  # one running usage per sub-codebook
+    plain = build_quantizer("pq", dim=8, codebook_size=5, chunk_dim=2)  # plain PQ stays: l2, mean loss, no revival
+    assert plain.distance == "l2" and plain.reviver is None and plain.loss_scale == 1.0
+
+
 # ------------------------------------------------------------------ bad input
 def test_bad_latents_raise_before_state_changes():
     q = build_quantizer("cvq", dim=4, codebook_size=8)
@@ -328,3 +353,15 @@ def test_bad_lookup_indices():
         q.lookup(torch.full((1, 2, 2, 2), 4))
     with pytest.raises(TypeError):
         q.lookup(torch.zeros(1, 2, 2, 2))
+
+
+def test_code_to_latent_scale_by_hand_and_recorded_in_training():
+    from lcgen.tokenizer.quantizers.vector_quantizer import code_to_latent_scale
+
+    codes = torch.tensor([[[-3.0, 0.0], [1.0, 0.0]]])  # spread about the mean (-1, 0): 2
+    latents = torch.tensor([[[0.0, 0.1]], [[0.0, -0.1]], [[0.0, 0.1]], [[0.0, -0.1]]])  # spread 0.1
+    assert torch.isclose(code_to_latent_scale(codes, latents), torch.tensor(20.0))
+    q = build_quantizer("vq", dim=2, codebook_size=2)
+    q.codebook.embed.data.copy_(codes)
+    q.train()(torch.tensor([0.0, 0.0, 0.1, -0.1]).view(1, 2, 1, 2))
+    assert torch.isclose(q.scale_ratio, torch.tensor(20.0))

@@ -38,6 +38,31 @@ def test_vqvae_backbone_looc_indices_and_reconstruction_shape():
     assert out.reconstruction_loss.ndim == 0 and out.quantizer_loss.ndim == 0
 
 
+def test_vqvae_residual_layer_is_the_official_in_place_relu_block():
+    """CVQ-VAE's residual layer opens with nn.ReLU(True): the skip carries relu(x), so a layer is
+    relu(x) + conv1x1(relu(conv3x3(relu(x)))), with biases; checked against that formula by hand."""
+    import torch.nn.functional as F
+
+    from lcgen.tokenizer.backbones.vqvae import ResidualStack
+
+    torch.manual_seed(0)
+    stack = ResidualStack(6, 3, 2)
+    for p in stack.parameters():
+        torch.nn.init.normal_(p, std=0.5)  # biases non-zero, so a missing bias would show
+    x = torch.randn(2, 6, 5, 5)
+    want = x
+    for layer in stack.layers:
+        c3, c1 = layer[0], layer[2]
+        assert c3.bias is not None and c1.bias is not None
+        h = F.relu(want)
+        want = h + F.conv2d(F.relu(F.conv2d(h, c3.weight, c3.bias, padding=1)), c1.weight, c1.bias)
+    assert torch.allclose(stack(x), F.relu(want), atol=1e-6)
+    # and it is not the out-of-place variant x + block(relu(x)) (x has negative entries)
+    c3, c1 = stack.layers[0][0], stack.layers[0][2]
+    other = x + F.conv2d(F.relu(F.conv2d(F.relu(x), c3.weight, c3.bias, padding=1)), c1.weight, c1.bias)
+    assert not torch.allclose(stack.layers[0](F.relu(x)) + F.relu(x), other, atol=1e-3)
+
+
 def test_forward_losses_follow_the_config():
     x = images(2, 1, 28)
     m = VQTokenizer(**TINY_VQVAE, embed_dim=16, quantizer_kind="vq", codebook_size=32, reconstruction_loss="l2",

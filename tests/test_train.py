@@ -184,3 +184,22 @@ def test_vqgan_lc_run_with_lpips_and_gan_after_disc_start(tmp_path):
     from safetensors.torch import load_file
 
     assert torch.equal(loaded.quantizer.codebook.frozen, load_file(str(codebook))["codebook"])
+
+
+def test_discriminator_fakes_come_from_the_updated_generator_without_a_second_codebook_update():
+    """VQGAN-LC recomputes the reconstructions for the discriminator step (`model(x, step=1)` after the
+    generator's update); that pass must not move an EMA codebook a second time."""
+    from lcgen.tokenizer import VQTokenizer
+    from lcgen.tokenizer.train import updated_reconstructions
+
+    torch.manual_seed(0)
+    m = VQTokenizer(backbone="vqvae", in_channels=1, hidden_channels=16, residual_channels=4, embed_dim=4,
+                    quantizer_kind="ema", codebook_size=8).train()
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    before = {k: v.clone() for k, v in m.quantizer.state_dict().items()}
+    fakes = updated_reconstructions(m, x)
+    assert m.training and not fakes.requires_grad
+    assert all(torch.equal(before[k], v) for k, v in m.quantizer.state_dict().items())
+    with torch.no_grad():
+        m.decoder.conv_out.bias.add_(0.5)  # a generator update: the next fakes must show it
+    assert torch.allclose(updated_reconstructions(m, x), fakes + 0.5, atol=1e-6)

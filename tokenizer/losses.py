@@ -4,7 +4,9 @@
                    + disc_factor * adaptive_weight * disc_weight * (-mean D(x_hat))
     discriminator: disc_factor * 0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(x_hat)))
 
-disc_factor is 0 before `disc_start` (global step). The adaptive weight is taming's
+disc_factor is 0 until the global step passes `disc_start` (VQGAN-LC's `cur_iter > disc_start`, on
+the 0-based count of finished steps; taming's `adopt_weight` switches on one step earlier, at
+`global_step >= disc_start`). The adaptive weight is taming's
 ||grad_last(rec + p * LPIPS)|| / (||grad_last(g)|| + 1e-4), clamped to [0, 1e4], detached.
 Defaults are VQGAN-LC's (`rate_p` 1.0, `rate_q` 0.1, `rate_d` 0.1, PatchGAN with 2 layers).
 """
@@ -64,7 +66,7 @@ class TokenizerLoss(nn.Module):
         perceptual_weight: LPIPS weight (0 disables LPIPS and never loads VGG).
         quantizer_weight: multiplies the quantizer's own loss.
         disc_weight: GAN generator weight (0 disables the discriminator).
-        disc_start: global step from which the GAN terms are on.
+        disc_start: the GAN terms are on at global steps after this one (step > disc_start).
         disc_layers, disc_ndf: PatchGAN size.
         adaptive_disc_weight: use taming's adaptive weight (else a fixed disc_weight).
         lpips_vgg_weights / lpips_random_trunk: see `eval.metrics.perceptual.load_lpips`.
@@ -89,7 +91,7 @@ class TokenizerLoss(nn.Module):
         return self.discriminator is not None
 
     def disc_active(self, step: int) -> bool:
-        return self.discriminator is not None and step >= self.disc_start
+        return self.discriminator is not None and step > self.disc_start
 
     def generator_loss(self, images, out, step: int, last_layer: torch.Tensor | None = None):
         """images, out.sample: (B, C, H, W) in [-1, 1]; out: TokenizerOutput. Returns (total, logs)."""

@@ -47,6 +47,19 @@ def check_config(cfg: dict) -> None:
         raise ValueError("exact resume needs a map-style dataset; turn data.streaming off to resume")
 
 
+@torch.no_grad()
+def updated_reconstructions(model: VQTokenizer, images: torch.Tensor) -> torch.Tensor:
+    """The discriminator's fakes: reconstructions by the generator *after* its update, as VQGAN-LC's second
+    `model(x, step=1)` pass (and taming's second Lightning `training_step`). Eval mode, so that an EMA
+    codebook or CVQ's running usage is not updated twice by one batch."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model(images).sample
+    finally:
+        model.train(was_training)
+
+
 def train(cfg: dict) -> str:
     """Run the training described by a validated config; returns the saved model directory."""
     check_config(cfg)
@@ -119,8 +132,8 @@ def train(cfg: dict) -> str:
                 opt_g.zero_grad(set_to_none=True)
                 if disc is not None and loss_fn.disc_active(run.global_step):
                     loss_fn.discriminator.requires_grad_(True)
-                    d_loss, d_logs = loss_fn.discriminator_loss(images, out.sample, run.global_step,
-                                                                discriminator=disc)
+                    d_loss, d_logs = loss_fn.discriminator_loss(images, updated_reconstructions(raw, images),
+                                                                run.global_step, discriminator=disc)
                     accelerator.backward(d_loss)
                     opt_d.step()
                     sched_d.step()
@@ -129,7 +142,8 @@ def train(cfg: dict) -> str:
             usage.update(out.indices)
             if accelerator.sync_gradients and run.end_step(
                     lambda: {**{k: float(v) for k, v in logs.items()}, "lr": sched_g.get_last_lr()[0],
-                             "data/skipped_images": int(skipped_images)}):
+                             "data/skipped_images": int(skipped_images),
+                             "codebook/scale_ratio": float(raw.quantizer.scale_ratio)}):
                 break
         if run.interrupted:
             break

@@ -29,6 +29,8 @@ class TrainingConfig:
     # no | fp16 | bf16 (the quantizer's search stays fp32); None: what `accelerate launch --mixed_precision`
     # or `accelerate config` set
     mixed_precision: str | None = None
+    # weight EMA (diffusers' EMAModel) averages parameters only, as LDM's LitEma and LlamaGen's update_ema:
+    # buffers (an EMA codebook, CVQ's usage, BatchNorm statistics) stay the live model's in the saved copy
     use_ema: bool = False
     ema_decay: float = 0.999
     checkpointing_steps: int = 500

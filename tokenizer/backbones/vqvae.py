@@ -3,6 +3,10 @@
 Encoder: Conv4x4/2 (in->h/2) ReLU, Conv4x4/2 (h/2->h) ReLU, Conv3x3 (h->h), residual stack.
 Decoder: Conv3x3 (d->h), residual stack, ConvT4x4/2 (h->h/2) ReLU, ConvT4x4/2 (h/2->out).
 Residual stack: n x [ReLU, Conv3x3 h->r, ReLU, Conv1x1 r->h] + skip, then ReLU.
+
+The official residual layer (CVQ-VAE `modules.py`, copied by LooC) starts with `nn.ReLU(True)`: in
+place, so the skip carries the rectified input and a layer computes relu(x) + block(relu(x)), not
+x + block(relu(x)); its convolutions keep their biases. Both are matched here.
 """
 from __future__ import annotations
 
@@ -15,13 +19,15 @@ class ResidualStack(nn.Module):
 
     def __init__(self, channels: int, residual_channels: int, num_layers: int):
         super().__init__()
+        # the leading ReLU is applied in forward, to the skip as well (the official in-place ReLU)
         self.layers = nn.ModuleList(
-            nn.Sequential(nn.ReLU(), nn.Conv2d(channels, residual_channels, 3, padding=1, bias=False),
-                          nn.ReLU(), nn.Conv2d(residual_channels, channels, 1, bias=False))
+            nn.Sequential(nn.Conv2d(channels, residual_channels, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(residual_channels, channels, 1))
             for _ in range(num_layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
+            x = torch.relu(x)
             x = x + layer(x)
         return torch.relu(x)
 

@@ -24,6 +24,11 @@ KINDS: dict[str, dict] = {
                  decay=0.99, anchor="closest", distance="cos", commitment_weight=0.25, codebook_weight=1.0),
     "pq": dict(codebook="learned", chunk_dim=4, shared_codebook=False, distance="l2",
                commitment_weight=0.25, codebook_weight=1.0),
+    # LooC's PQ baseline (quantizer_zoo/PQ): m LooC sub-quantizers, each with its own codebook, cosine
+    # lookup and CVQ revival, their losses summed -- the like-for-like comparison of LooC's Table 1
+    "looc-pq": dict(codebook="learned", chunk_dim=4, shared_codebook=False, revival="cvq", decay=0.99,
+                    anchor="closest", distance="cos", commitment_weight=0.25, codebook_weight=1.0,
+                    sum_codebook_losses=True),
 }
 
 _OPTIONS = set(inspect.signature(VectorQuantizer.__init__).parameters) - {"self", "dim", "codebook_size"}

@@ -38,6 +38,17 @@ class QuantizerOutput(BaseOutput):
     loss: torch.Tensor = None
 
 
+def code_to_latent_scale(codebook: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """RMS spread of the code vectors about their mean over that of the latent chunks about theirs:
+    (G, K, d*) codes, (N, m, d*) latents -> a scalar. Far from 1 (VQGAN-LC's projected codes can start
+    orders of magnitude wider than the encoder's latents) the nearest-code search sends every latent
+    to the few codes at the edge of the codebook, and the projector cannot align the rest."""
+    codes = codebook.reshape(-1, codebook.shape[-1])
+    latents = flat.reshape(-1, flat.shape[-1])
+    spread = lambda v: (v - v.mean(0)).pow(2).sum(1).mean().sqrt()  # noqa: E731
+    return spread(codes) / spread(latents).clamp_min(1e-12)
+
+
 def _check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -65,6 +76,8 @@ class VectorQuantizer(nn.Module):
         distance: "l2" (squared Euclidean) or "cos" (cosine lookup; raw codes are output).
         normalize: l2-normalise latents and codes, and output normalised codes (ViT-VQGAN style).
         commitment_weight, codebook_weight: loss = cw*mse(sg(zq), z) + bw*mse(zq, sg(z)).
+        sum_codebook_losses: with per-chunk codebooks, the sum of each codebook's loss instead of their
+            mean (LooC's PQ baseline adds its m sub-quantizers' losses): m x the loss above.
         decay: EMA decay of the EMA codebook and of CVQ's running usage (gamma).
         eps: Laplace smoothing of the EMA codebook.
         revival: None or "cvq" (online clustering, any non-frozen codebook).
@@ -79,7 +92,8 @@ class VectorQuantizer(nn.Module):
     def __init__(self, dim: int, codebook_size: int, *, codebook: str = "learned", code_dim: int | None = None,
                  chunk_dim: int | None = None, shared_codebook: bool = True, interp_scale: int = 0,
                  distance: str = "l2", normalize: bool = False, commitment_weight: float = 1.0,
-                 codebook_weight: float = 0.33, decay: float = 0.99, eps: float = 1e-5,
+                 codebook_weight: float = 0.33, sum_codebook_losses: bool = False, decay: float = 0.99,
+                 eps: float = 1e-5,
                  revival: str | None = None, anchor: str = "closest", init_codebook=None,
                  frozen_dim: int = 768, memory_budget: int = DEFAULT_MEMORY_BUDGET,
                  sync_distributed: bool = True, seed: int = 0):
@@ -116,7 +130,10 @@ class VectorQuantizer(nn.Module):
         self.num_codebooks = 1 if shared_codebook else self.num_chunks
         self.interp_scale, self.distance, self.normalize = interp_scale, distance, normalize
         self.commitment_weight, self.codebook_weight = commitment_weight, codebook_weight
+        # every codebook's mean loss has the same number of terms, so their sum is G x the overall mean
+        self.loss_scale = float(self.num_codebooks) if sum_codebook_losses else 1.0
         self.memory_budget = memory_budget
+        self.scale_ratio = None  # code_to_latent_scale of the last training batch (logged by the training loop)
 
         self.project_in = nn.Conv2d(dim, code_dim, 1) if code_dim != dim else nn.Identity()
         self.project_out = nn.Conv2d(code_dim, dim, 1) if code_dim != dim else nn.Identity()
@@ -195,7 +212,9 @@ class VectorQuantizer(nn.Module):
             loss = self.commitment_weight * F.mse_loss(flat, zq.detach())
             if self.codebook_weight and zq.requires_grad:
                 loss = loss + self.codebook_weight * F.mse_loss(zq, flat.detach())
+            loss = self.loss_scale * loss
             if self.training:
+                self.scale_ratio = code_to_latent_scale(codebook.detach(), flat.detach())
                 self._update_codebook(flat.detach(), indices)
             quantized = self._from_flat(flat + (zq - flat).detach(), b, hh, ww)  # straight-through
         indices = indices.view(b, hh, ww, *self.index_shape_suffix)

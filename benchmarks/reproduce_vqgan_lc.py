@@ -1,0 +1,154 @@
+"""VQGAN-LC's headline on Fashion-MNIST: utilisation of a frozen 100,000-entry codebook built from a
+pretrained encoder's features and aligned by a trained projector, beside VQ, VQGAN-FC and VQGAN-EMA
+at the same size, each with one equal budget.
+
+    python benchmarks/reproduce_vqgan_lc.py [--quick] [--output runs/vqgan-lc-repro] [--recipe paper]
+
+1. The pretrained encoder: the Fashion-MNIST judge (`lcgen.eval.classifier`, trained on the real
+   training split). CLIP is unreachable offline; the codebook goes through the same `init-codebook`
+   path that takes CLIP on a GPU machine: the judge's last conv map (49 patch features an image),
+   mini-batch k-means per class, K / 10 centres each.
+2. Tokenizers: the preset `fashion-mnist-vqgan-lc-cpu` (VQGAN-LC's recipe scaled to this data),
+   with the quantizer swapped per run: LC at K in {1,024; 16,384; 50,000; 100,000}, and VQ, FC, EMA
+   at K = 100,000. Every run: the same steps, batch and schedule.
+3. Per run: utilisation and perplexity on the training split (60,000 x 49 tokens: 29 per code at
+   K = 100,000) and on the test split (with tokens per code beside it), PSNR, SSIM, rFID in the
+   judge's feature space, and the code-to-latent scale ratio over training (first, last).
+
+Resumable: the judge, each codebook and each finished run are kept under --output and reused
+(a run's results land in results.json only once it is evaluated).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+from lcgen.eval.classifier import train_classifier  # noqa: E402
+from lcgen.eval.evaluate_tokenizer import run as evaluate  # noqa: E402
+from lcgen.eval.extractors import FASHION_MNIST, ExtractorSpec  # noqa: E402
+from lcgen.eval.measure import MeasureSettings  # noqa: E402
+from lcgen.eval.rfid import evaluate_rfid  # noqa: E402
+from lcgen.tokenizer.codebook_init import build_lc_codebook  # noqa: E402
+from lcgen.tokenizer.train import parse_config, train  # noqa: E402
+
+PRESET = "fashion-mnist-vqgan-lc-cpu"
+BIG_K = 100_000
+RUNS = [("lc-1024", "lc", 1024), ("lc-16384", "lc", 16_384), ("lc-50000", "lc", 50_000), ("lc-100000", "lc", BIG_K),
+        ("vq-100000", "vq", BIG_K), ("fc-100000", "fc", BIG_K), ("ema-100000", "ema", BIG_K)]
+BUDGETS = {  # steps of batch 256 (VQGAN-LC's global batch); judge epochs; k-means passes
+    "quick": dict(steps=300, judge_epochs=1, kmeans_epochs=1),
+    "full": dict(steps=2400, judge_epochs=4, kmeans_epochs=3),
+}
+# VQGAN-LC Table 2 (ImageNet, 256 tokens): utilisation %, rFID; None where the paper has no row
+PAPER = {"lc-16384": (99.9, 3.01), "lc-50000": (99.9, 2.75), "lc-100000": (99.9, 2.62), "vq-100000": (0.5, 5.44),
+         "fc-100000": (1.9, 4.65), "ema-100000": (24.2, 3.46)}
+
+
+def scale_ratios(run_dir: str) -> tuple[float, float]:
+    """The code-to-latent scale ratio at the first and the last logged step of a run."""
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    rows = [r for r in rows if "codebook/scale_ratio" in r]
+    return rows[0]["codebook/scale_ratio"], rows[-1]["codebook/scale_ratio"]
+
+
+def markdown_table(results: dict) -> str:
+    rows = ["| run | K | util. train (tokens/code) | perplexity train | util. test (tokens/code) | PSNR (dB) | SSIM | "
+            "rFID (judge) | scale ratio first → last | train s | paper util. / rFID (ImageNet) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        paper = PAPER.get(name)
+        rows.append(f"| {name} | {r['codebook_size']:,} | {r['train_utilisation']:.1%} ({r['train_tokens_per_code']:.0f}) | "
+                    f"{r['train_perplexity']:,.0f} | {r['test_utilisation']:.1%} ({r['test_tokens_per_code']:.1f}) | "
+                    f"{r['psnr']:.2f} | {r['ssim']:.4f} | {r['rfid']:.2f} | {r['scale_ratio_first']:.3g} → "
+                    f"{r['scale_ratio_last']:.3g} | {r['train_seconds']:.0f} | "
+                    f"{f'{paper[0]}% / {paper[1]}' if paper else '-'} |")
+    return "\n".join(rows)
+
+
+def judge(out: str, epochs: int) -> str:
+    path = os.path.join(out, "judge")
+    if not os.path.isfile(os.path.join(path, "metrics.json")):
+        m = train_classifier(path, epochs=epochs, mixed_precision="bf16")
+        print(f"judge: {m['test_accuracy']:.1%} test accuracy, {m['seconds']:.0f} s")
+    return path
+
+
+def codebook(out: str, judge_dir: str, k: int, epochs: int) -> str:
+    path = os.path.join(out, "codebooks", f"judge-kmeans-{k}.safetensors")
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        t0 = time.time()
+        build_lc_codebook(judge_dir, None, k, path, per_class=True, dataset="fashion-mnist", epochs=epochs,
+                          batch_size=500)
+        print(f"codebook K={k}: {time.time() - t0:.0f} s")
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help=f"the quick budget {BUDGETS['quick']} (full: {BUDGETS['full']})")
+    p.add_argument("--output", default=os.path.join(REPO_ROOT, "runs", "vqgan-lc-repro"))
+    p.add_argument("--only", nargs="*", default=None, help="run only these names")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra tokenizer config override for every run (e.g. quantizer option), recorded")
+    p.add_argument("--table", action="store_true", help="print the markdown table of the results so far and exit")
+    args = p.parse_args(argv)
+    budget = BUDGETS["quick" if args.quick else "full"]
+    os.makedirs(args.output, exist_ok=True)
+    results_path = os.path.join(args.output, "results.json")
+    results = json.load(open(results_path)) if os.path.isfile(results_path) else {}
+    if args.table:
+        print(markdown_table(results))
+        return
+    machine = f"{platform.machine()} CPU x{torch.get_num_threads()} threads, torch {torch.__version__}"
+    overrides = [a for kv in args.option for a in (f"--{kv.split('=', 1)[0]}", kv.split("=", 1)[1])]
+    judge_dir = judge(args.output, budget["judge_epochs"])
+    fid = MeasureSettings(metrics=("fid",), extractor=ExtractorSpec(FASHION_MNIST, judge_dir), batch_size=500,
+                          cache_root=os.path.join(args.output, "fid-cache"), keep_reference_features=True)
+    for name, kind, k in RUNS:
+        if args.only and name not in args.only:
+            continue
+        if name in results:
+            print(f"{name}: done already")
+            continue
+        run_dir = os.path.join(args.output, name)
+        extra = ["--init_codebook", codebook(args.output, judge_dir, k, budget["kmeans_epochs"])] if kind == "lc" else []
+        cfg = parse_config(["--config", PRESET, "--quantizer_kind", kind, "--codebook_size", str(k), *extra,
+                            *overrides, "--output_dir", run_dir, "--max_train_steps", str(budget["steps"]),
+                            "--lr_warmup_steps", str(budget["steps"] // 4),  # VQGAN-LC: 5 of 20 epochs
+                            "--checkpointing_steps", str(max(budget["steps"] // 4, 1)), "--report_to", "none",
+                            "--resume_from_checkpoint", "latest"])
+        t0 = time.time()
+        model_dir = train(cfg)
+        train_s = time.time() - t0
+        test = evaluate(model_dir, "fashion-mnist", "test", output_dir=os.path.join(run_dir, "eval-test"), lpips="off")
+        trained = evaluate(model_dir, "fashion-mnist", "train", output_dir=os.path.join(run_dir, "eval-train"),
+                           lpips="off")
+        rfid = evaluate_rfid(model_dir, os.path.join(run_dir, "rfid"), "fashion-mnist", "test", resolution=28,
+                             settings=fid)["metrics"]["fid"]
+        first, last = scale_ratios(run_dir)
+        tokens = lambda m: m["images"] * 49 / k  # noqa: E731  (7 x 7 tokens an image)
+        results[name] = {"kind": kind, "codebook_size": k, "steps": budget["steps"], "options": args.option,
+                         "train_utilisation": trained["utilisation"], "train_perplexity": trained["perplexity"],
+                         "train_tokens_per_code": tokens(trained), "test_utilisation": test["utilisation"],
+                         "test_perplexity": test["perplexity"], "test_tokens_per_code": tokens(test),
+                         "psnr": test["psnr"], "ssim": test["ssim"], "l1": test["l1"], "rfid": rfid,
+                         "scale_ratio_first": first, "scale_ratio_last": last, "train_seconds": round(train_s, 1),
+                         "budget": "quick" if args.quick else "full", "machine": machine}
+        print(name, json.dumps(results[name]))
+        with open(results_path, "w") as f:
+            json.dump(results, f, indent=2)
+    print(markdown_table(results))
+
+
+if __name__ == "__main__":
+    main()
