@@ -32,13 +32,19 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+from torch.utils.data import DataLoader  # noqa: E402
+
+from lcgen.data import build_dataset, collate_skipping_bad  # noqa: E402
 from lcgen.eval.classifier import train_classifier  # noqa: E402
+from lcgen.eval.metrics import CodebookUsage  # noqa: E402
+from lcgen.tokenizer import VQTokenizer  # noqa: E402
 from lcgen.eval.evaluate_tokenizer import run as evaluate  # noqa: E402
 from lcgen.eval.extractors import FASHION_MNIST, ExtractorSpec  # noqa: E402
 from lcgen.eval.measure import MeasureSettings  # noqa: E402
 from lcgen.eval.rfid import evaluate_rfid  # noqa: E402
 from lcgen.tokenizer.codebook_init import build_lc_codebook  # noqa: E402
 from lcgen.tokenizer.train import parse_config, train  # noqa: E402
+from lcgen.training.checkpointing import list_checkpoints  # noqa: E402
 
 PRESET = "fashion-mnist-vqgan-lc-cpu"
 BIG_K = 100_000
@@ -58,6 +64,17 @@ def scale_ratios(run_dir: str) -> tuple[float, float]:
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     rows = [r for r in rows if "codebook/scale_ratio" in r]
     return rows[0]["codebook/scale_ratio"], rows[-1]["codebook/scale_ratio"]
+
+
+@torch.no_grad()
+def training_split_usage(model_dir: str) -> dict:
+    """Utilisation and perplexity of the codes over the whole training split (usage only: no image metrics)."""
+    model = VQTokenizer.from_pretrained(model_dir).eval()
+    data = build_dataset("fashion-mnist", "train", channels=1)
+    usage = CodebookUsage.for_quantizer(model.quantizer)
+    for batch in DataLoader(data, batch_size=1000, collate_fn=collate_skipping_bad):
+        usage.update(model.encode(batch["pixel_values"]).indices)
+    return {**usage.summary(), "images": len(data)}
 
 
 def markdown_table(results: dict) -> str:
@@ -98,11 +115,14 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help=f"the quick budget {BUDGETS['quick']} (full: {BUDGETS['full']})")
     p.add_argument("--output", default=os.path.join(REPO_ROOT, "runs", "vqgan-lc-repro"))
     p.add_argument("--only", nargs="*", default=None, help="run only these names")
+    p.add_argument("--steps", type=int, default=None, help="override the budget's training steps")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra tokenizer config override for every run (e.g. quantizer option), recorded")
     p.add_argument("--table", action="store_true", help="print the markdown table of the results so far and exit")
     args = p.parse_args(argv)
-    budget = BUDGETS["quick" if args.quick else "full"]
+    budget = dict(BUDGETS["quick" if args.quick else "full"])
+    if args.steps is not None:
+        budget["steps"] = args.steps
     os.makedirs(args.output, exist_ok=True)
     results_path = os.path.join(args.output, "results.json")
     results = json.load(open(results_path)) if os.path.isfile(results_path) else {}
@@ -126,13 +146,12 @@ def main(argv=None):
                             *overrides, "--output_dir", run_dir, "--max_train_steps", str(budget["steps"]),
                             "--lr_warmup_steps", str(budget["steps"] // 4),  # VQGAN-LC: 5 of 20 epochs
                             "--checkpointing_steps", str(max(budget["steps"] // 4, 1)), "--report_to", "none",
-                            "--resume_from_checkpoint", "latest"])
+                            *(["--resume_from_checkpoint", "latest"] if list_checkpoints(run_dir) else [])])
         t0 = time.time()
         model_dir = train(cfg)
         train_s = time.time() - t0
         test = evaluate(model_dir, "fashion-mnist", "test", output_dir=os.path.join(run_dir, "eval-test"), lpips="off")
-        trained = evaluate(model_dir, "fashion-mnist", "train", output_dir=os.path.join(run_dir, "eval-train"),
-                           lpips="off")
+        trained = training_split_usage(model_dir)
         rfid = evaluate_rfid(model_dir, os.path.join(run_dir, "rfid"), "fashion-mnist", "test", resolution=28,
                              settings=fid)["metrics"]["fid"]
         first, last = scale_ratios(run_dir)

@@ -365,3 +365,37 @@ def test_code_to_latent_scale_by_hand_and_recorded_in_training():
     q.codebook.embed.data.copy_(codes)
     q.train()(torch.tensor([0.0, 0.0, 0.1, -0.1]).view(1, 2, 1, 2))
     assert torch.isclose(q.scale_ratio, torch.tensor(20.0))
+
+
+def test_lc_latent_stats_projector_init_matches_the_first_batch_and_persists(tmp_path):
+    """projector_init="latent-stats": after the first training batch the projected codes have the
+    latents' mean and RMS spread (formula below); it happens once, and survives a save/load."""
+    from lcgen.tokenizer.quantizers.vector_quantizer import code_to_latent_scale
+
+    torch.manual_seed(0)
+    frozen = torch.randn(50, 6) * 30 + 5  # far wider than the latents, off-centre
+    q = build_quantizer("lc", dim=8, codebook_size=50, init_codebook=frozen, projector_init="latent-stats")
+    assert q.codebook.needs_alignment
+    z = torch.randn(4, 8, 3, 3) * 0.1 + 0.2
+    q.train()(z)
+    flat = bhwc(q.project_in(z)).detach()
+    codes = q.codebook.weight()[0].detach()
+    assert torch.allclose(codes.mean(0), flat.mean(0), atol=1e-5)
+    assert torch.isclose(code_to_latent_scale(codes[None], flat[:, None]), torch.tensor(1.0), atol=1e-4)
+    w = q.codebook.projector.weight.clone()
+    q(z * 5)  # no second alignment
+    assert torch.equal(q.codebook.projector.weight, w) and not q.codebook.needs_alignment
+    plain = build_quantizer("lc", dim=8, codebook_size=50, init_codebook=frozen)  # the paper's: untouched
+    assert "codebook.aligned" not in plain.state_dict() and not plain.codebook.needs_alignment
+    with pytest.raises(ValueError, match="projector_init"):
+        build_quantizer("vq", dim=8, codebook_size=50, projector_init="latent-stats")
+    from lcgen.tokenizer import VQTokenizer
+
+    m = VQTokenizer(backbone="vqvae", in_channels=1, hidden_channels=16, residual_channels=4, embed_dim=8,
+                    quantizer_kind="lc", codebook_size=50, init_codebook=frozen,
+                    quantizer_options={"projector_init": "latent-stats"})
+    m.train()(torch.rand(2, 1, 8, 8) * 2 - 1)
+    m.save_pretrained(tmp_path / "m")
+    loaded = VQTokenizer.from_pretrained(tmp_path / "m")
+    assert not loaded.quantizer.codebook.needs_alignment
+    assert torch.equal(loaded.quantizer.codebook.projector.weight, m.quantizer.codebook.projector.weight)

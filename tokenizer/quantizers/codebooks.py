@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 
+from .distributed import all_reduce_sum
+
 
 class LearnedCodebook(nn.Module):
     """Trainable codebook, uniform(-1/K, 1/K) as in taming, CVQ-VAE and LooC."""
@@ -52,13 +54,27 @@ def load_init_codebook(init_codebook, codebook_size: int) -> torch.Tensor:
     return init_codebook.detach().float().clone()
 
 
+PROJECTOR_INITS = ("vqgan-lc", "latent-stats")
+
+
 class FrozenProjectedCodebook(nn.Module):
     """VQGAN-LC: a frozen (K, D_init) codebook (e.g. k-means of CLIP features) mapped into the
     latent space by one trainable projector, recomputed every forward so that training the
-    projector moves every code at once (the reason utilisation stays above 99%)."""
+    projector moves every code at once (the reason utilisation stays above 99%).
 
-    def __init__(self, codebook_size: int, code_dim: int, init_codebook=None, frozen_dim: int = 768):
+    projector_init "vqgan-lc": weight N(0, D'^-0.5), torch's default bias, as the official code.
+    "latent-stats" (an lcgen option, not the paper's): the same draw, then on the first training batch
+    rescaled so the projected codes have the latents' spread and shifted onto their mean
+    (`align_to`), so that training starts with codes and latents on one scale."""
+
+    def __init__(self, codebook_size: int, code_dim: int, init_codebook=None, frozen_dim: int = 768,
+                 projector_init: str = "vqgan-lc"):
         super().__init__()
+        if projector_init not in PROJECTOR_INITS:
+            raise ValueError(f"projector_init must be one of {PROJECTOR_INITS}, got {projector_init!r}")
+        self.projector_init = projector_init
+        if projector_init == "latent-stats":  # saved with the weights: a loaded or resumed model is not re-aligned
+            self.register_buffer("aligned", torch.tensor(False))
         if init_codebook is None:
             # VQGAN-LC's `--tuning_codebook -2` ("Random Fix"): a frozen uniform(-1/K, 1/K) table
             warnings.warn("lc quantizer built without init_codebook: using a frozen uniform(-1/K, 1/K) codebook as "
@@ -74,3 +90,25 @@ class FrozenProjectedCodebook(nn.Module):
     def weight(self) -> torch.Tensor:
         with torch.autocast(device_type=self.frozen.device.type, enabled=False):
             return self.projector(self.frozen).unsqueeze(0)  # (1, K, d)
+
+    @property
+    def needs_alignment(self) -> bool:
+        return self.projector_init == "latent-stats" and not bool(self.aligned)
+
+    @torch.no_grad()
+    def align_to(self, latents: torch.Tensor) -> None:
+        """"latent-stats": scale the projector so the codes' RMS spread about their mean equals the
+        latents' (n, d) and shift them onto the latents' mean; statistics summed over data-parallel
+        ranks, so every rank makes the same change."""
+        x = latents.detach().float().reshape(-1, latents.shape[-1])
+        stats = torch.cat([x.sum(0), x.pow(2).sum(0), x.new_tensor([x.shape[0]])])
+        all_reduce_sum(stats)
+        d = x.shape[1]
+        n = stats[-1]
+        mean = stats[:d] / n
+        latent_spread = (stats[d:2 * d] / n - mean.pow(2)).sum().clamp_min(0).sqrt()
+        codes = self.projector(self.frozen.float())
+        code_spread = (codes - codes.mean(0)).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+        self.projector.weight.mul_(latent_spread / code_spread)
+        self.projector.bias.add_(mean - self.projector(self.frozen.float()).mean(0))
+        self.aligned.fill_(True)

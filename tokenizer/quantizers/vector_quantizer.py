@@ -84,6 +84,8 @@ class VectorQuantizer(nn.Module):
         anchor: CVQ anchor, "closest", "random" or "probrandom".
         init_codebook: VQGAN-LC frozen codebook, a (K, D) tensor or a .safetensors file.
         frozen_dim: D of the random frozen codebook used when init_codebook is None.
+        projector_init: VQGAN-LC projector start, "vqgan-lc" (the paper's) or "latent-stats" (lcgen's:
+            rescaled and shifted onto the first training batch's latents; see FrozenProjectedCodebook).
         memory_budget: bytes the nearest-code search may use for score blocks.
         sync_distributed: all-reduce statistics and share anchors across data-parallel ranks.
         seed: seeds the random anchors (identically on every rank).
@@ -95,7 +97,7 @@ class VectorQuantizer(nn.Module):
                  codebook_weight: float = 0.33, sum_codebook_losses: bool = False, decay: float = 0.99,
                  eps: float = 1e-5,
                  revival: str | None = None, anchor: str = "closest", init_codebook=None,
-                 frozen_dim: int = 768, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                 frozen_dim: int = 768, projector_init: str = "vqgan-lc", memory_budget: int = DEFAULT_MEMORY_BUDGET,
                  sync_distributed: bool = True, seed: int = 0):
         super().__init__()
         _check_positive_int("dim", dim)
@@ -122,6 +124,8 @@ class VectorQuantizer(nn.Module):
             raise ValueError("a frozen projected codebook is shared by all chunks (shared_codebook=True)")
         if init_codebook is not None and codebook != "frozen_projected":
             raise ValueError("init_codebook is only used by codebook='frozen_projected' (kind 'lc')")
+        if projector_init != "vqgan-lc" and codebook != "frozen_projected":
+            raise ValueError("projector_init is only used by codebook='frozen_projected' (kind 'lc')")
         _check_positive_int("memory_budget", memory_budget)
 
         self.dim, self.codebook_size, self.code_dim, self.chunk_dim = dim, codebook_size, code_dim, chunk_dim
@@ -142,7 +146,7 @@ class VectorQuantizer(nn.Module):
         elif codebook == "ema":
             self.codebook = EMACodebook(self.num_codebooks, codebook_size, chunk_dim, decay, eps, sync_distributed)
         else:
-            self.codebook = FrozenProjectedCodebook(codebook_size, chunk_dim, init_codebook, frozen_dim)
+            self.codebook = FrozenProjectedCodebook(codebook_size, chunk_dim, init_codebook, frozen_dim, projector_init)
         self.reviver = (OnlineClustering(self.num_codebooks, codebook_size, chunk_dim, decay, anchor, distance,
                                          seed, sync_distributed) if revival == "cvq" else None)
         # which codebook each chunk uses: all the shared one, or its own
@@ -206,6 +210,8 @@ class VectorQuantizer(nn.Module):
                 h = interpolate_up(h, self.interp_scale)  # (B, s^2 code_dim, H, W)
             b, _, hh, ww = h.shape
             flat = self._to_flat(h)  # (N, m, d*)
+            if self.training and isinstance(self.codebook, FrozenProjectedCodebook) and self.codebook.needs_alignment:
+                self.codebook.align_to(flat)
             codebook = self.codebook_weight_tensor()  # (G, K, d*)
             indices = self._search(flat, codebook)  # (N, m)
             zq = codebook[self.chunk_codebook.unsqueeze(0), indices]  # (N, m, d*)
