@@ -177,7 +177,8 @@ def test_llamagen_vq_converts_and_computes_the_official_blocks():
         cos = torch.einsum("bchw,kc->bhwk", F.normalize(latents, dim=1), codes)
         assert torch.equal(enc.indices, cos.argmax(-1))
         torch.testing.assert_close(enc.quantized, codes[enc.indices].permute(0, 3, 1, 2))
-        torch.testing.assert_close(tok.decode_indices(enc.indices), tok.decode(enc.quantized))
+        # the straight-through codes z + (zq - z) differ from zq by fp32 rounding, which the decoder amplifies
+        torch.testing.assert_close(tok.decode_indices(enc.indices), tok.decode(enc.quantized), atol=1e-4, rtol=1e-4)
 
 
 def test_taming_vqgan_converts_with_levels_reversed_and_loss_weights_dropped():
