@@ -11,9 +11,7 @@ pre-quantisation latents of the trained vq-vae-1024x128 encoder on the training 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 
@@ -21,6 +19,8 @@ import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+
+from benchmarks.results_file import load_results, machine, record  # noqa: E402
 
 from lcgen.data import build_dataset  # noqa: E402
 from lcgen.eval.evaluate_tokenizer import run as evaluate  # noqa: E402
@@ -86,12 +86,10 @@ def main(argv=None):
     p.add_argument("--table", action="store_true", help="print the markdown table of the results so far and exit")
     args = p.parse_args(argv)
     os.makedirs(args.output, exist_ok=True)
-    results_path = os.path.join(args.output, "results.json")
-    results = json.load(open(results_path)) if os.path.isfile(results_path) else {}
+    results = load_results(args.output)
     if args.table:
         print(markdown_table(results))
         return
-    machine = f"{platform.machine()} CPU x{torch.get_num_threads()} threads, torch {torch.__version__}"
     for name, preset, overrides in RUNS:
         if args.only and name not in args.only:
             continue
@@ -119,14 +117,12 @@ def main(argv=None):
         model_dir = train(cfg)
         train_s = time.time() - t0
         m = evaluate(model_dir, "fashion-mnist", "test", output_dir=os.path.join(out, "eval"), lpips="auto")
-        results[name] = {"l1": m["l1"], "psnr": m["psnr"], "ssim": m["ssim"], "lpips": m.get("lpips"),
-                         "utilisation": m["utilisation"], "perplexity": m["perplexity"],
-                         "codebook_size": m["codebook_size"], "steps": args.steps, "batch_size": args.batch_size,
-                         "epochs": args.steps * args.batch_size / 60000, "train_seconds": round(train_s, 1),
-                         "eval_seconds": m["seconds"], "machine": machine}
-        print(name, json.dumps(results[name]))
-        with open(results_path, "w") as f:
-            json.dump(results, f, indent=2)
+        row = {"l1": m["l1"], "psnr": m["psnr"], "ssim": m["ssim"], "lpips": m.get("lpips"),
+               "utilisation": m["utilisation"], "perplexity": m["perplexity"],
+               "codebook_size": m["codebook_size"], "steps": args.steps, "batch_size": args.batch_size,
+               "epochs": args.steps * args.batch_size / 60000, "train_seconds": round(train_s, 1),
+               "eval_seconds": m["seconds"], "machine": machine()}
+        record(results, args.output, name, row)
     print(markdown_table(results))
 
 

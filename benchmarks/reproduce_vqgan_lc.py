@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -31,6 +30,8 @@ import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+
+from benchmarks.results_file import load_results, machine, record  # noqa: E402
 
 from torch.utils.data import DataLoader  # noqa: E402
 
@@ -124,12 +125,10 @@ def main(argv=None):
     if args.steps is not None:
         budget["steps"] = args.steps
     os.makedirs(args.output, exist_ok=True)
-    results_path = os.path.join(args.output, "results.json")
-    results = json.load(open(results_path)) if os.path.isfile(results_path) else {}
+    results = load_results(args.output)
     if args.table:
         print(markdown_table(results))
         return
-    machine = f"{platform.machine()} CPU x{torch.get_num_threads()} threads, torch {torch.__version__}"
     overrides = [a for kv in args.option for a in (f"--{kv.split('=', 1)[0]}", kv.split("=", 1)[1])]
     judge_dir = judge(args.output, budget["judge_epochs"])
     fid = MeasureSettings(metrics=("fid",), extractor=ExtractorSpec(FASHION_MNIST, judge_dir), batch_size=500,
@@ -156,16 +155,14 @@ def main(argv=None):
                              settings=fid)["metrics"]["fid"]
         first, last = scale_ratios(run_dir)
         tokens = lambda m: m["images"] * 49 / k  # noqa: E731  (7 x 7 tokens an image)
-        results[name] = {"kind": kind, "codebook_size": k, "steps": budget["steps"], "options": args.option,
-                         "train_utilisation": trained["utilisation"], "train_perplexity": trained["perplexity"],
-                         "train_tokens_per_code": tokens(trained), "test_utilisation": test["utilisation"],
-                         "test_perplexity": test["perplexity"], "test_tokens_per_code": tokens(test),
-                         "psnr": test["psnr"], "ssim": test["ssim"], "l1": test["l1"], "rfid": rfid,
-                         "scale_ratio_first": first, "scale_ratio_last": last, "train_seconds": round(train_s, 1),
-                         "budget": "quick" if args.quick else "full", "machine": machine}
-        print(name, json.dumps(results[name]))
-        with open(results_path, "w") as f:
-            json.dump(results, f, indent=2)
+        row = {"kind": kind, "codebook_size": k, "steps": budget["steps"], "options": args.option,
+               "train_utilisation": trained["utilisation"], "train_perplexity": trained["perplexity"],
+               "train_tokens_per_code": tokens(trained), "test_utilisation": test["utilisation"],
+               "test_perplexity": test["perplexity"], "test_tokens_per_code": tokens(test),
+               "psnr": test["psnr"], "ssim": test["ssim"], "l1": test["l1"], "rfid": rfid,
+               "scale_ratio_first": first, "scale_ratio_last": last, "train_seconds": round(train_s, 1),
+               "budget": "quick" if args.quick else "full", "machine": machine()}
+        record(results, args.output, name, row)
     print(markdown_table(results))
 
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from lcgen.data import build_dataset
 
-from .kmeans import MiniBatchKMeans
+from .kmeans import MiniBatchKMeans, minibatch_kmeans
 from .patch_encoders import load_patch_encoder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -99,20 +99,13 @@ def _fit_group(encoder, source, indices, k: int, epochs: int, batch_size: int, k
                hold: bool):
     """k centres of the patch features of `indices`. hold: keep this group's features in memory (one
     class) and run `epochs` passes over them; else seed on a first sample and re-encode every pass."""
+    if hold:
+        km = minibatch_kmeans(torch.cat(list(_features(encoder, source, indices, batch_size))), k, epochs,
+                              kmeans_batch, seed=seed)
+        return km.centres, km.reseeded
     km = MiniBatchKMeans(k, seed)
     order = torch.randperm(len(indices), generator=km.generator).tolist()
     indices = [indices[i] for i in order]  # a class-sorted folder: a random first sample, not its first files
-    if hold:
-        feats = torch.cat(list(_features(encoder, source, indices, batch_size)))
-        if len(feats) < k:
-            raise ValueError(f"{len(feats)} patch features for {k} centres: use fewer centres or more images")
-        km.initialise(feats[torch.randperm(len(feats), generator=km.generator)[:max(4 * k, 10_000)]])
-        for _ in range(epochs):
-            perm = torch.randperm(len(feats), generator=km.generator)
-            for i in range(0, len(feats), kmeans_batch):
-                km.partial_fit(feats[perm[i:i + kmeans_batch]])
-            km.end_epoch()
-        return km.centres, km.reseeded
     sample, stream = [], _features(encoder, source, indices, batch_size)
     for f in stream:  # the seeding sample: the first max(4 K, 10,000) features of the shuffled images
         sample.append(f)
