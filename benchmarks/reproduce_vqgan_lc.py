@@ -47,13 +47,22 @@ from lcgen.tokenizer.codebook_init import build_lc_codebook  # noqa: E402
 from lcgen.tokenizer.train import parse_config, train  # noqa: E402
 from lcgen.training.checkpointing import list_checkpoints  # noqa: E402
 
-PRESET = "fashion-mnist-vqgan-lc-cpu"
+PRESET = "fashion-mnist-vqgan-lc-cpu"  # the paper's recipe
+ALIGNED = "fashion-mnist-vqgan-lc-aligned-cpu"  # + lcgen's projector_init "latent-stats"
 BIG_K = 100_000
-RUNS = [("lc-1024", "lc", 1024), ("lc-16384", "lc", 16_384), ("lc-50000", "lc", 50_000), ("lc-100000", "lc", BIG_K),
-        ("vq-100000", "vq", BIG_K), ("fc-100000", "fc", BIG_K), ("ema-100000", "ema", BIG_K)]
-BUDGETS = {  # steps of batch 256 (VQGAN-LC's global batch); judge epochs; k-means passes
-    "quick": dict(steps=300, judge_epochs=1, kmeans_epochs=1),
-    "full": dict(steps=2400, judge_epochs=4, kmeans_epochs=3),
+# K = 100,000 first (the claim), then the smaller LC codebooks
+RUNS = [("lc-100000", "lc", BIG_K, PRESET), ("lc-aligned-100000", "lc", BIG_K, ALIGNED),
+        ("fc-100000", "fc", BIG_K, PRESET), ("vq-100000", "vq", BIG_K, PRESET), ("ema-100000", "ema", BIG_K, PRESET),
+        ("lc-50000", "lc", 50_000, PRESET), ("lc-16384", "lc", 16_384, PRESET), ("lc-1024", "lc", 1024, PRESET)]
+# steps of batch 256 (VQGAN-LC's global batch); judge epochs; k-means passes and images; images evaluated
+# (test split) and counted for training-split usage (None: the whole split). Sized from measured costs
+# on a 2-core CPU: a step of LC/FC at K = 100,000 (D' = 8, k-d tree search) 0.36 s, of VQ/EMA (D = 64,
+# brute force) 1.8 s; a VQ/EMA evaluation on the whole splits about 8 min, an LC one 1.5 min.
+BUDGETS = {
+    "quick": dict(steps=60, judge_epochs=1, kmeans_epochs=1, kmeans_images=10_000, eval_images=2_000,
+                  usage_images=10_000),
+    "full": dict(steps=500, judge_epochs=4, kmeans_epochs=2, kmeans_images=None, eval_images=None,
+                 usage_images=None),
 }
 # VQGAN-LC Table 2 (ImageNet, 256 tokens): utilisation %, rFID; None where the paper has no row
 PAPER = {"lc-16384": (99.9, 3.01), "lc-50000": (99.9, 2.75), "lc-100000": (99.9, 2.62), "vq-100000": (0.5, 5.44),
@@ -68,10 +77,11 @@ def scale_ratios(run_dir: str) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def training_split_usage(model_dir: str) -> dict:
-    """Utilisation and perplexity of the codes over the whole training split (usage only: no image metrics)."""
+def training_split_usage(model_dir: str, max_images: int | None) -> dict:
+    """Utilisation and perplexity of the codes over the training split (its first `max_images`; usage
+    only: no image metrics)."""
     model = VQTokenizer.from_pretrained(model_dir).eval()
-    data = build_dataset("fashion-mnist", "train", channels=1)
+    data = build_dataset("fashion-mnist", "train", channels=1, max_samples=max_images)
     usage = CodebookUsage.for_quantizer(model.quantizer)
     for batch in DataLoader(data, batch_size=1000, collate_fn=collate_skipping_bad):
         usage.update(model.encode(batch["pixel_values"]).indices)
@@ -100,13 +110,13 @@ def judge(out: str, epochs: int) -> str:
     return path
 
 
-def codebook(out: str, judge_dir: str, k: int, epochs: int) -> str:
-    path = os.path.join(out, "codebooks", f"judge-kmeans-{k}.safetensors")
+def codebook(out: str, judge_dir: str, k: int, epochs: int, images: int | None) -> str:
+    path = os.path.join(out, "codebooks", f"judge-kmeans-{k}-{images or 'all'}x{epochs}.safetensors")
     if not os.path.isfile(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         t0 = time.time()
         build_lc_codebook(judge_dir, None, k, path, per_class=True, dataset="fashion-mnist", epochs=epochs,
-                          batch_size=500)
+                          batch_size=500, max_samples=images)
         print(f"codebook K={k}: {time.time() - t0:.0f} s")
     return path
 
@@ -114,7 +124,7 @@ def codebook(out: str, judge_dir: str, k: int, epochs: int) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help=f"the quick budget {BUDGETS['quick']} (full: {BUDGETS['full']})")
-    p.add_argument("--output", default=os.path.join(REPO_ROOT, "runs", "vqgan-lc-repro"))
+    p.add_argument("--output", default=None, help="default: runs/vqgan-lc-repro (runs/vqgan-lc-repro-quick with --quick)")
     p.add_argument("--only", nargs="*", default=None, help="run only these names")
     p.add_argument("--steps", type=int, default=None, help="override the budget's training steps")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -124,24 +134,30 @@ def main(argv=None):
     budget = dict(BUDGETS["quick" if args.quick else "full"])
     if args.steps is not None:
         budget["steps"] = args.steps
+    args.output = args.output or os.path.join(REPO_ROOT, "runs", "vqgan-lc-repro" + ("-quick" if args.quick else ""))
     os.makedirs(args.output, exist_ok=True)
     results = load_results(args.output)
     if args.table:
         print(markdown_table(results))
         return
+    setting = {"budget": "quick" if args.quick else "full", "steps": budget["steps"], "options": args.option}
+    for name, r in results.items():  # one table, one budget: finished runs are only reused under the same one
+        if {key: r.get(key) for key in setting} != setting:
+            p.error(f"{args.output} holds {name} run with {({key: r.get(key) for key in setting})}, not {setting}; "
+                    "pass another --output")
     overrides = [a for kv in args.option for a in (f"--{kv.split('=', 1)[0]}", kv.split("=", 1)[1])]
     judge_dir = judge(args.output, budget["judge_epochs"])
     fid = MeasureSettings(metrics=("fid",), extractor=ExtractorSpec(FASHION_MNIST, judge_dir), batch_size=500,
                           cache_root=os.path.join(args.output, "fid-cache"), keep_reference_features=True)
-    for name, kind, k in RUNS:
+    for name, kind, k, preset in RUNS:
         if args.only and name not in args.only:
             continue
         if name in results:
             print(f"{name}: done already")
             continue
         run_dir = os.path.join(args.output, name)
-        extra = ["--init_codebook", codebook(args.output, judge_dir, k, budget["kmeans_epochs"])] if kind == "lc" else []
-        cfg = parse_config(["--config", PRESET, "--quantizer_kind", kind, "--codebook_size", str(k), *extra,
+        extra = ["--init_codebook", codebook(args.output, judge_dir, k, budget["kmeans_epochs"], budget["kmeans_images"])] if kind == "lc" else []
+        cfg = parse_config(["--config", preset, "--quantizer_kind", kind, "--codebook_size", str(k), *extra,
                             *overrides, "--output_dir", run_dir, "--max_train_steps", str(budget["steps"]),
                             "--lr_warmup_steps", str(budget["steps"] // 4),  # VQGAN-LC: 5 of 20 epochs
                             "--checkpointing_steps", str(max(budget["steps"] // 4, 1)), "--report_to", "none",
@@ -149,19 +165,20 @@ def main(argv=None):
         t0 = time.time()
         model_dir = train(cfg)
         train_s = time.time() - t0
-        test = evaluate(model_dir, "fashion-mnist", "test", output_dir=os.path.join(run_dir, "eval-test"), lpips="off")
-        trained = training_split_usage(model_dir)
+        test = evaluate(model_dir, "fashion-mnist", "test", output_dir=os.path.join(run_dir, "eval-test"), lpips="off",
+                        max_samples=budget["eval_images"])
+        trained = training_split_usage(model_dir, budget["usage_images"])
         rfid = evaluate_rfid(model_dir, os.path.join(run_dir, "rfid"), "fashion-mnist", "test", resolution=28,
-                             settings=fid)["metrics"]["fid"]
+                             max_samples=budget["eval_images"], settings=fid)["metrics"]["fid"]
         first, last = scale_ratios(run_dir)
         tokens = lambda m: m["images"] * 49 / k  # noqa: E731  (7 x 7 tokens an image)
-        row = {"kind": kind, "codebook_size": k, "steps": budget["steps"], "options": args.option,
+        row = {"kind": kind, "preset": preset, "codebook_size": k, "steps": budget["steps"], "options": args.option,
                "train_utilisation": trained["utilisation"], "train_perplexity": trained["perplexity"],
                "train_tokens_per_code": tokens(trained), "test_utilisation": test["utilisation"],
                "test_perplexity": test["perplexity"], "test_tokens_per_code": tokens(test),
                "psnr": test["psnr"], "ssim": test["ssim"], "l1": test["l1"], "rfid": rfid,
                "scale_ratio_first": first, "scale_ratio_last": last, "train_seconds": round(train_s, 1),
-               "budget": "quick" if args.quick else "full", "machine": machine()}
+               "rfid_images": test["images"], "budget": "quick" if args.quick else "full", "machine": machine()}
         record(results, args.output, name, row)
     print(markdown_table(results))
 

@@ -1,5 +1,6 @@
-"""Nearest-code search: lcgen's chunked exact search vs faiss IndexFlatL2 (exact) vs the naive
-full-matrix argmin of VQGAN/taming, all in one run on the same inputs.
+"""Nearest-code search: lcgen's exact search (the method it picks for the shape, and its chunked
+brute force) vs faiss IndexFlatL2 (exact) vs the naive full-matrix argmin of VQGAN/taming, all in
+one run on the same inputs.
 
 Throughput (tokens/s) is the median of alternating rounds in this process; peak extra memory is
 the growth of peak RSS during one call in a fresh process. Every method's answer is checked
@@ -24,7 +25,7 @@ SIZES = {
     "smallest": dict(codebooks=[1024], dims=[8, 768], tokens=4096),
     "full": dict(codebooks=[1024, 16384, 100000], dims=[8, 768], tokens=8192),
 }
-METHODS = ("lcgen", "faiss", "naive")
+METHODS = ("lcgen", "lcgen-brute", "faiss", "naive")  # "lcgen": method="auto" (k-d tree at small D, large K)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -40,9 +41,9 @@ def make_inputs(k: int, d: int, n: int, seed: int = 0):
 
 
 def run_method(method: str, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    if method == "lcgen":
+    if method in ("lcgen", "lcgen-brute"):
         from lcgen.tokenizer.quantizers.search import nearest_code
-        return nearest_code(x, codes)
+        return nearest_code(x, codes, method="auto" if method == "lcgen" else "brute")
     if method == "faiss":
         import faiss
         index = faiss.IndexFlatL2(codes.shape[1])

@@ -109,3 +109,17 @@ def test_vqgan_lc_presets_place_attention_as_the_official_configs(preset, attent
     m = VQTokenizer(**model)
     assert ["Attn" in type(b).__name__ for b in m.encoder.down_blocks] == attention_levels
     assert ["Attn" in type(b).__name__ for b in m.decoder.up_blocks] == attention_levels[::-1]
+
+
+def test_aligned_lc_preset_is_the_paper_recipe_plus_latent_stats():
+    """The two Fashion-MNIST VQGAN-LC recipes differ only in the projector start (and the run folder)."""
+    paper, aligned = (parse_config(["--config", os.path.join(ROOT, "configs", f"{name}.yaml")])
+                      for name in ("fashion-mnist-vqgan-lc-cpu", "fashion-mnist-vqgan-lc-aligned-cpu"))
+    model = dict(aligned["model"])
+    assert model.pop("quantizer_options") == {"projector_init": "latent-stats"}
+    assert model == dict(paper["model"]) and "quantizer_options" not in paper["model"]
+    for section in ("loss", "data"):
+        assert vars(aligned[section]) == vars(paper[section])
+    t_paper, t_aligned = vars(paper["training"]).copy(), vars(aligned["training"]).copy()
+    assert t_paper.pop("output_dir") != t_aligned.pop("output_dir")
+    assert t_paper == t_aligned

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 import torch
 
-from lcgen.tokenizer.quantizers.search import best_row_per_code, nearest_code
+from lcgen.tokenizer.quantizers.search import best_row_per_code, nearest_code, resolve_method
 
 
 def fp64_argmin(x, codes, distance="l2"):
@@ -76,6 +76,40 @@ def test_gumbel_sampling_follows_softmax_of_similarity():
     freq = torch.bincount(draws, minlength=3).double() / draws.numel()
     expected = torch.softmax(torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64), 0)
     assert torch.allclose(freq, expected, atol=0.03)
+
+
+@pytest.mark.parametrize("offset,spread", [(0.0, 1.0), (20.0, 0.01)])
+def test_kdtree_matches_fp64_bruteforce_and_brute(offset, spread):
+    # the second case is the fp32-cancellation one: the tree's fp64 differences need no re-check there
+    g = torch.Generator().manual_seed(2)
+    codes = offset + spread * torch.randn(20000, 8, generator=g)
+    x = offset + spread * torch.randn(3000, 8, generator=g)
+    ref = fp64_argmin(x, codes)
+    assert torch.equal(nearest_code(x, codes, method="kdtree"), ref)
+    assert torch.equal(nearest_code(x, codes, method="brute"), ref)
+    assert torch.equal(nearest_code(x.double(), codes, method="kdtree"), fp64_argmin(x.double(), codes))
+
+
+def test_kdtree_ties_pick_lowest_index():
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randn(20000, 8, generator=g)
+    codes[15000] = codes[3]
+    codes[17] = codes[19999]
+    x = torch.stack([codes[3], codes[19999], codes[3] + 1e-3])
+    assert nearest_code(x, codes, method="kdtree").tolist() == [3, 17, 3]
+    assert nearest_code(x, codes, method="kdtree", exact=False)[2].item() in (3, 15000)
+
+
+def test_auto_method_by_shape_and_device():
+    x = torch.randn(4, 8)
+    assert resolve_method("auto", x, torch.randn(100000, 8), "l2") == "kdtree"  # VQGAN-LC's D' = 8
+    assert resolve_method("auto", x, torch.randn(1024, 8), "l2") == "brute"
+    assert resolve_method("auto", torch.randn(4, 64), torch.randn(100000, 64), "l2") == "brute"
+    assert resolve_method("auto", x, torch.randn(100000, 8), "cos") == "brute"
+    with pytest.raises(ValueError, match="kdtree"):
+        nearest_code(x, torch.randn(10, 8), "cos", method="kdtree")
+    with pytest.raises(ValueError, match="method"):
+        nearest_code(x, torch.randn(10, 8), method="faiss")
 
 
 def test_rejects_bad_arguments():

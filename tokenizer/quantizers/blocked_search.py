@@ -1,0 +1,90 @@
+"""Blocked brute-force scores with a running best: the exact search's workhorse.
+
+Every token is scored against every code, one (token block x code block) score buffer at a time,
+in the queries' dtype with autocast off; the runner-up is tracked for the fp32 exactness check
+(`error_bound`). `search.nearest_code` calls this over the whole codebook or, through
+`cell_search`, over the few cells of a low-dimensional codebook that can hold a token's nearest code.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_MEMORY_BUDGET = 256 * 2**20  # hard cap, in bytes, on the score buffer
+CODE_BLOCK = 2048  # codes per block
+_FP32_UNIT_ROUNDOFF = 2.0**-24
+
+
+def working_block_bytes(x: torch.Tensor, memory_budget: int) -> int:
+    """Score-block size actually used, within the budget. On CPU, at small D the min/argmin
+    passes dominate and want the block in cache; at large D the GEMM dominates and wants bigger
+    blocks (measured on a 2-core x86 CPU with benchmarks/search_throughput.py: 4 MiB best at
+    D=8, 16 MiB at D=768). GPUs want the largest GEMMs the budget allows."""
+    if x.device.type != "cpu":
+        return memory_budget
+    return min(memory_budget, 4 * 2**20 if x.shape[1] <= 32 else 16 * 2**20)
+
+
+def prepare_queries(x: torch.Tensor, distance: str, dtype=torch.float32) -> torch.Tensor:
+    """Queries in `dtype`, l2-normalised for 'cos'."""
+    x = x.to(dtype)
+    return F.normalize(x, dim=-1) if distance == "cos" else x
+
+
+def running_best(x, codes, distance, memory_budget, gumbel: torch.Generator | None = None,
+                  track_second: bool = True, code_block: int = CODE_BLOCK):
+    """Blocked argmin over codes of the score for every row of x (already prepared).
+
+    Score: ||e||^2 - 2 x.e for 'l2' (||x||^2 is constant per row), -x.e for 'cos'. Returns
+    (best_score, best_index, second_score). With `gumbel`, Gumbel noise is subtracted from each
+    score before the argmin, which samples index j with probability softmax(-score)_j.
+    """
+    n, k = x.shape[0], codes.shape[0]
+    code_block = min(k, code_block)
+    block_bytes = working_block_bytes(x, memory_budget)
+    token_block = max(1, min(n, block_bytes // (x.element_size() * code_block)))
+    best = x.new_full((n,), math.inf)
+    best_idx = torch.zeros(n, dtype=torch.long, device=x.device)
+    second = x.new_full((n,), math.inf)
+    buffer = x.new_empty(token_block * code_block)
+    for c0 in range(0, k, code_block):
+        cb = codes[c0:c0 + code_block].to(x.dtype)
+        if distance == "cos":
+            cb = F.normalize(cb, dim=-1)
+        bias = cb.pow(2).sum(-1).unsqueeze(0) if distance == "l2" else None
+        for t0 in range(0, n, token_block):
+            xb = x[t0:t0 + token_block]
+            s = buffer[: xb.shape[0] * cb.shape[0]].view(xb.shape[0], cb.shape[0])
+            if distance == "cos":
+                torch.mm(xb, cb.t(), out=s).neg_()
+            else:
+                torch.addmm(bias, xb, cb.t(), alpha=-2.0, out=s)
+            if gumbel is not None:
+                u = torch.rand(s.shape, generator=gumbel, device=s.device).clamp_(1e-20, 1.0)
+                s.add_(u.log_().neg_().log_())  # -Gumbel = log(-log u)
+            val, idx = s.min(dim=1)
+            bb, bi, bs = best[t0:t0 + token_block], best_idx[t0:t0 + token_block], second[t0:t0 + token_block]
+            if track_second:
+                s.scatter_(1, idx.unsqueeze(1), math.inf)
+                val2 = s.min(dim=1).values
+                # runner-up of the union of {best, second} and {val, val2}
+                bs.copy_(torch.minimum(torch.maximum(bb, val), torch.minimum(bs, val2)))
+            better = val < bb  # strict: earlier (lower) index wins ties
+            bi.copy_(torch.where(better, idx + c0, bi))
+            bb.copy_(torch.where(better, val, bb))
+    return best, best_idx, second
+
+
+def error_bound(x, codes, distance):
+    """Per-row bound on |fp32 score - exact score| over all codes (Higham's gamma_n bound).
+    x: prepared fp32 queries (N, d); codes: raw codes (K, d)."""
+    d = x.shape[1]
+    gamma = (d + 4) * _FP32_UNIT_ROUNDOFF / (1 - (d + 4) * _FP32_UNIT_ROUNDOFF)
+    if distance == "cos":
+        # unit vectors; normalisation itself perturbs each by ~d*u, so widen by a factor 2
+        return torch.full((x.shape[0],), 4 * gamma, device=x.device)
+    code_norm = max(float(codes[c0:c0 + CODE_BLOCK].float().norm(dim=1).max())
+                    for c0 in range(0, codes.shape[0], CODE_BLOCK))
+    return gamma * (2 * x.norm(dim=1) * code_norm + code_norm**2) * 1.01
