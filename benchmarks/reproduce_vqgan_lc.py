@@ -2,7 +2,7 @@
 pretrained encoder's features and aligned by a trained projector, beside VQ, VQGAN-FC and VQGAN-EMA
 at the same size, each with one equal budget.
 
-    python benchmarks/reproduce_vqgan_lc.py [--quick] [--output runs/vqgan-lc-repro] [--recipe paper]
+    python benchmarks/reproduce_vqgan_lc.py [--quick] [--output DIR] [--only NAME ...] [--table]
 
 1. The pretrained encoder: the Fashion-MNIST judge (`lcgen.eval.classifier`, trained on the real
    training split). CLIP is unreachable offline; the codebook goes through the same `init-codebook`
@@ -10,10 +10,12 @@ at the same size, each with one equal budget.
    mini-batch k-means per class, K / 10 centres each.
 2. Tokenizers: the preset `fashion-mnist-vqgan-lc-cpu` (VQGAN-LC's recipe scaled to this data),
    with the quantizer swapped per run: LC at K in {1,024; 16,384; 50,000; 100,000}, and VQ, FC, EMA
-   at K = 100,000. Every run: the same steps, batch and schedule.
-3. Per run: utilisation and perplexity on the training split (60,000 x 49 tokens: 29 per code at
-   K = 100,000) and on the test split (with tokens per code beside it), PSNR, SSIM, rFID in the
-   judge's feature space, and the code-to-latent scale ratio over training (first, last).
+   at K = 100,000; and `fashion-mnist-vqgan-lc-aligned-cpu` (the same + lcgen's projector_init
+   "latent-stats") at K = 100,000. Every run: the same steps, batch and schedule.
+3. Per run: utilisation and perplexity on the training split (full budget: all 60,000 x 49 tokens,
+   29 per code at K = 100,000; quick: the first 10,000 images) and on the test split (with tokens
+   per code beside it), PSNR, SSIM, rFID in the judge's feature space, and the code-to-latent scale
+   ratio over training (first, last logged step).
 
 Resumable: the judge, each codebook and each finished run are kept under --output and reused
 (a run's results land in results.json only once it is evaluated).
@@ -156,7 +158,9 @@ def main(argv=None):
             print(f"{name}: done already")
             continue
         run_dir = os.path.join(args.output, name)
-        extra = ["--init_codebook", codebook(args.output, judge_dir, k, budget["kmeans_epochs"], budget["kmeans_images"])] if kind == "lc" else []
+        extra = []
+        if kind == "lc":
+            extra = ["--init_codebook", codebook(args.output, judge_dir, k, budget["kmeans_epochs"], budget["kmeans_images"])]
         cfg = parse_config(["--config", preset, "--quantizer_kind", kind, "--codebook_size", str(k), *extra,
                             *overrides, "--output_dir", run_dir, "--max_train_steps", str(budget["steps"]),
                             "--lr_warmup_steps", str(budget["steps"] // 4),  # VQGAN-LC: 5 of 20 epochs

@@ -18,7 +18,7 @@ from lcgen.log import configure as configure_logging
 
 from .extractors import INCEPTION, LAYERS, ExtractorSpec
 from .generation_fid import evaluate_fid
-from .measure import METRICS, MeasureSettings
+from .measure import IS_SPLITS, METRICS, MeasureSettings
 from .rfid import evaluate_rfid
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, default=0, help="data-loading workers")
     p.add_argument("--keep-reference-features", action="store_true",
                    help="keep the reference's feature shards after its statistics are cached")
+    p.add_argument("--is-splits", default="adm", choices=sorted(IS_SPLITS),
+                   help="Inception Score parts: adm (consecutive 5,000-image parts, ADM's evaluator) or "
+                   "torch-fidelity (10 shuffled parts); the same at 50,000 samples only")
     p.add_argument("--data-dir", default=None, help="local copy of the dataset (imagefolder or a Hub dataset's files)")
     p.add_argument("--max-samples", type=int, default=None, help="use only the first N images of the split")
 
@@ -79,7 +82,8 @@ def run(args) -> dict | None:
         metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
         extractor=ExtractorSpec(args.feature_extractor, args.weights, "float64" if args.float64_features else "float32"),
         batch_size=args.batch_size, shard_size=args.shard_size, num_workers=args.num_workers,
-        cache_root=args.cache_dir, keep_reference_features=args.keep_reference_features)
+        cache_root=args.cache_dir, keep_reference_features=args.keep_reference_features,
+        is_splits=args.is_splits)
     if args.what == "rfid":
         return evaluate_rfid(args.tokenizer, args.output, args.dataset, args.split, args.resolution, args.protocol,
                              args.data_dir, args.max_samples, settings)

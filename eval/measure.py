@@ -24,9 +24,37 @@ from accelerate.utils import parse_flag_from_env
 from .extractors import INCEPTION, LAYERS, ExtractorSpec, build_extractor
 from .feature_store import FeatureStore, rank_deficiency_warning
 from .fid import frechet_distance
+from .metrics.inception_score import ADM_SPLIT_SIZE, inception_score
 from .reference import default_cache_root
 
 METRICS = ("fid", "isc", "kid", "prc")
+# how the Inception Score splits its samples, as each report names it
+IS_SPLITS = {"adm": f"ADM: consecutive {ADM_SPLIT_SIZE:,}-image parts in sample order, mean over parts "
+                    "(guided-diffusion evaluations/evaluator.py)",
+             "torch-fidelity": "torch-fidelity: 10 equal parts after a shuffle with seed 2020"}
+MIN_TORCH_FIDELITY = (0, 4, 0)  # 0.3 has no precision/recall and ignores the float64 switch
+
+
+def check_torch_fidelity() -> str:
+    """torch-fidelity's version, or a clear error (before any work) when it is older than 0.4.0."""
+    import torch_fidelity
+
+    version = torch_fidelity.__version__
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:3])
+    if numbers < MIN_TORCH_FIDELITY:
+        raise ValueError(f"torch-fidelity {version} is too old: lcgen needs >= 0.4.0 (precision/recall, float64 "
+                         "features); pip install 'torch-fidelity>=0.4.0'")
+    return version
+
+
+def precision_recall(sample_features: torch.Tensor, reference_features: torch.Tensor) -> dict:
+    """Kynkaanniemi et al.'s k = 3 precision (share of samples inside the reference's manifold) and
+    recall (share of the reference inside the samples'), through torch-fidelity 0.4.0, whose input1 is
+    the generated set: a mode-collapsed set has precision near 1 and recall near 0
+    (tests/test_measure.py checks the orientation on the installed version)."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    return prc_features_to_metric(sample_features, reference_features, save_cpu_ram=True, verbose=False)
 
 
 @dataclass
@@ -39,12 +67,16 @@ class MeasureSettings:
     cache_root: str | None = None
     keep_reference_features: bool = False
     kid_subset_size: int = 1000
+    is_splits: str = "adm"
 
     def check(self) -> "MeasureSettings":
+        check_torch_fidelity()
         metrics = tuple(dict.fromkeys(self.metrics))
         bad = [m for m in metrics if m not in METRICS]
         if not metrics or bad:
             raise ValueError(f"metrics must be a non-empty subset of {METRICS}, got {list(self.metrics)}")
+        if self.is_splits not in IS_SPLITS:
+            raise ValueError(f"is_splits must be one of {sorted(IS_SPLITS)}, got {self.is_splits!r}")
         if self.batch_size <= 0 or self.shard_size <= 0 or self.kid_subset_size <= 1:
             raise ValueError("batch_size and shard_size must be > 0 and kid_subset_size > 1")
         self.metrics = metrics
@@ -97,12 +129,8 @@ def extract_all(stores_and_sources, settings: MeasureSettings, layers, state, de
 
 def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | None,
                     settings: MeasureSettings) -> tuple[dict, list[str]]:
-    """The requested metrics of samples (input1, generated) against the reference (input2, real)."""
-    from torch_fidelity.metric_fid import fid_statistics_to_metric
-    from torch_fidelity.metric_isc import isc_features_to_metric
-    from torch_fidelity.metric_kid import kid_features_to_metric
-    from torch_fidelity.metric_prc import prc_features_to_metric
-
+    """The requested metrics of samples (input1, generated) against the reference (input2, real); each
+    torch-fidelity metric module is imported only when its metric is asked for."""
     pool, logits = LAYERS[settings.extractor.name]["pool"], LAYERS[settings.extractor.name]["logits"]
     out, notes = {}, []
     if "fid" in settings.metrics:
@@ -115,23 +143,32 @@ def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | 
             if n is not None and (w := rank_deficiency_warning(n, len(mu1))):
                 notes.append(f"{who}: {w}")
         out["fid"] = frechet_distance(mu1, sigma1, mu2, sigma2)
+        from torch_fidelity.metric_fid import fid_statistics_to_metric
+
         out["fid_torch_fidelity"] = fid_statistics_to_metric({"mu": mu1, "sigma": sigma1},
                                                              {"mu": mu2, "sigma": sigma2}, False)[
             "frechet_inception_distance"]
     if "isc" in settings.metrics:
-        isc = isc_features_to_metric(samples.features(logits), splits=10, shuffle=True, rng_seed=2020)
-        out["inception_score_mean"] = isc["inception_score_mean"]
-        out["inception_score_std"] = isc["inception_score_std"]
+        if settings.is_splits == "adm":
+            out["inception_score_mean"], out["inception_score_std"] = inception_score(samples.features(logits))
+        else:
+            from torch_fidelity.metric_isc import isc_features_to_metric
+
+            isc = isc_features_to_metric(samples.features(logits), splits=10, shuffle=True, rng_seed=2020)
+            out["inception_score_mean"] = isc["inception_score_mean"]
+            out["inception_score_std"] = isc["inception_score_std"]
     if {"kid", "prc"} & set(settings.metrics):
         f1, f2 = samples.features(pool), ref_store.features(pool)
         if "kid" in settings.metrics:
             size = min(settings.kid_subset_size, len(f1), len(f2))
             if size < settings.kid_subset_size:
                 notes.append(f"KID subset size lowered to {size} (fewer images than {settings.kid_subset_size})")
+            from torch_fidelity.metric_kid import kid_features_to_metric
+
             kid = kid_features_to_metric(f1, f2, kid_subset_size=size, verbose=False)
             out.update({k: kid[k] for k in ("kernel_inception_distance_mean", "kernel_inception_distance_std")})
         if "prc" in settings.metrics:
-            out.update(prc_features_to_metric(f1, f2, save_cpu_ram=True, verbose=False))
+            out.update(precision_recall(f1, f2))
     return out, notes
 
 
@@ -181,7 +218,9 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
                            "num_images": len(source), "num_processes": state.num_processes,
                            "tf32": "disabled during feature extraction", "fid": "lcgen float64 eigh "
                            "(fid_torch_fidelity: torch-fidelity's eigvals on the same statistics)",
-                           "kid_subsets": 100 if "kid" in settings.metrics else None},
+                           "kid_subsets": 100 if "kid" in settings.metrics else None,
+                           "inception_score_splits": IS_SPLITS[settings.is_splits] if "isc" in settings.metrics
+                           else None},
               "reference_cache": ref_store.folder if ref_store else None,
               "versions": {"torch": torch.__version__, "torch_fidelity": torch_fidelity.__version__,
                            "numpy": np.__version__},

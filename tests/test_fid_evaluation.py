@@ -65,9 +65,9 @@ class Images(torch.utils.data.Dataset):
         return self.x[i]
 
 
-def inception_settings(weights, cache, metrics=("fid",)):
+def inception_settings(weights, cache, metrics=("fid",), is_splits="adm"):
     return MeasureSettings(metrics=metrics, extractor=ExtractorSpec(weights_path=weights), cache_root=str(cache),
-                           kid_subset_size=N)
+                           kid_subset_size=N, is_splits=is_splits)
 
 
 @pytest.mark.slow
@@ -77,7 +77,8 @@ def test_inception_path_equals_torch_fidelity(inception, tmp_path):
     ref = write_npz(tmp_path / "ref.npz", real)
     with pytest.warns(UserWarning, match="rank-deficient"):
         report = evaluate_fid(str(tmp_path / "eval"), ref, samples=folder,
-                              settings=inception_settings(inception, tmp_path / "cache", ("fid", "kid", "isc")))
+                              settings=inception_settings(inception, tmp_path / "cache", ("fid", "kid", "isc"),
+                                                         "torch-fidelity"))
     expected = torch_fidelity.calculate_metrics(
         input1=Images(fake), input2=Images(real), fid=True, kid=True, isc=True, kid_subset_size=N, cuda=False,
         feature_extractor_weights_path=inception, cache=False, verbose=False, save_cpu_ram=True)
@@ -90,6 +91,7 @@ def test_inception_path_equals_torch_fidelity(inception, tmp_path):
     proto = report["protocol"]
     assert proto["feature_extractor"]["name"] == "inception-v3-compat" and proto["num_images"] == N
     assert proto["reference"]["source"] == "npz" and any("rank-deficient" in w for w in report["warnings"])
+    assert proto["inception_score_splits"].startswith("torch-fidelity: 10 equal parts")
     with open(tmp_path / "eval" / "report.json") as f:
         assert json.load(f)["metrics"] == m
 
