@@ -19,7 +19,9 @@ from lcgen.log import configure as configure_logging
 from .extractors import INCEPTION, LAYERS, ExtractorSpec
 from .generation_fid import evaluate_fid
 from .measure import IS_SPLITS, METRICS, MeasureSettings
+from .image_inputs import UINT8_RULES
 from .rfid import evaluate_rfid
+from .sampling import add_sample_file_flags
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ def build_parser(prog: str = "lcgen.eval.evaluate") -> argparse.ArgumentParser:
                    help="how a dataset reference is cropped to its resolution (ADM center_crop_arr by default)")
     f.add_argument("--reference-resolution", type=int, default=None,
                    help="resolution for references named without one, and for folders of mixed sizes")
+    add_sample_file_flags(f)
     _common(f)
     r = sub.add_parser("rfid", help="rFID of a tokenizer: reconstructions of a split vs the split")
     r.add_argument("--tokenizer", required=True, help="a saved VQTokenizer folder (<run>/model)")
@@ -73,6 +76,9 @@ def build_parser(prog: str = "lcgen.eval.evaluate") -> argparse.ArgumentParser:
     r.add_argument("--resolution", type=int, default=256)
     r.add_argument("--protocol", default="adm", choices=["adm", "vqgan-lc"],
                    help="adm: ADM center crop on both sides (LlamaGen); vqgan-lc: clean-fid-style, not comparable")
+    r.add_argument("--uint8-rule", default=None, choices=sorted(UINT8_RULES),
+                   help="reconstructions to pixels: round (DiT/LlamaGen) or truncate (ADM/VQGAN-LC); "
+                   "default: the protocol's (adm: round, vqgan-lc: truncate)")
     _common(r)
     return p
 
@@ -86,12 +92,13 @@ def run(args) -> dict | None:
         is_splits=args.is_splits)
     if args.what == "rfid":
         return evaluate_rfid(args.tokenizer, args.output, args.dataset, args.split, args.resolution, args.protocol,
-                             args.data_dir, args.max_samples, settings)
+                             args.data_dir, args.max_samples, settings, args.uint8_rule)
     sample_kwargs = {k: v for k, v in {"guidance_scale": args.guidance_scale,
                                        "num_inference_steps": args.num_inference_steps}.items() if v is not None}
     return evaluate_fid(args.output, args.reference, args.pipeline, args.samples, args.num_samples, settings,
                         args.seed, args.class_balanced, None, args.npz, args.data_dir, args.preprocessing,
-                        args.reference_resolution, args.max_samples, **sample_kwargs)
+                        args.reference_resolution, args.max_samples, uint8_rule=args.uint8_rule,
+                        overwrite_samples=args.overwrite_samples, **sample_kwargs)
 
 
 def main(argv=None, prog: str = "lcgen.eval.evaluate") -> None:

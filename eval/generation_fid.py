@@ -7,7 +7,6 @@ recomputed, and the reference's statistics come from the cache.
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 
@@ -15,22 +14,10 @@ import torch
 
 from .extractors import LAYERS, build_extractor
 from .feature_store import rank_deficiency_warning
-from .image_inputs import FolderImages, NpzImages, TensorImages
+from .image_inputs import UINT8_RULES, FolderImages, NpzImages, TensorImages
 from .measure import MeasureSettings, check_reference, distributed_state, feature_dim, measure
 from .reference import resolve_reference
 from .sampling import generate
-
-
-def _sampling_settings(pipeline_dir: str, overrides: dict) -> dict:
-    """The pipeline's saved sampling defaults with this run's overrides: what the samples used."""
-    path = os.path.join(pipeline_dir, "model_index.json")
-    saved = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            index = json.load(f)
-        saved = {k: v for k, v in index.items() if not k.startswith("_") and k not in ("id2label", "info")
-                 and not (isinstance(v, list) and len(v) == 2)}  # components are [library, class] pairs
-    return {**saved, **overrides}
 
 
 def _open_samples(samples, value_range):
@@ -48,7 +35,7 @@ def evaluate_fid(output: str, reference: str, pipeline: str | None = None, sampl
                  class_balanced: bool = False, sampling_batch_size: int | None = None, npz: bool = False,
                  data_dir: str | None = None, preprocessing: str = "adm", reference_resolution: int | None = None,
                  reference_max_samples: int | None = None, value_range: tuple | None = None,
-                 **sample_kwargs) -> dict | None:
+                 uint8_rule: str = "round", overwrite_samples: bool = False, **sample_kwargs) -> dict | None:
     """Sample (if `pipeline`), extract features, compare with `reference`; writes <output>/report.json.
 
     Args:
@@ -58,10 +45,13 @@ def evaluate_fid(output: str, reference: str, pipeline: str | None = None, sampl
             a (N, C, H, W) tensor: uint8, or floats with their value_range (-1, 1) or (0, 1).
         num_samples: images to draw from the pipeline (50,000 for published numbers).
         settings: metrics, feature extractor, batch sizes, cache (eval.measure.MeasureSettings).
-        seed, class_balanced, sampling_batch_size, npz, **sample_kwargs: as eval.sampling.generate.
+        seed, class_balanced, sampling_batch_size, npz, uint8_rule, overwrite_samples, **sample_kwargs:
+            as eval.sampling.generate.
         data_dir, preprocessing, reference_resolution, reference_max_samples: for split references.
     """
     settings = (settings or MeasureSettings()).check()
+    if uint8_rule not in UINT8_RULES:
+        raise ValueError(f"uint8_rule must be one of {sorted(UINT8_RULES)}, got {uint8_rule!r}")
     if (pipeline is None) == (samples is None):
         raise ValueError("give exactly one of pipeline (to sample) or samples (a folder or .npz)")
     if pipeline is not None:
@@ -87,12 +77,13 @@ def evaluate_fid(output: str, reference: str, pipeline: str | None = None, sampl
     if pipeline:
         sample_dir = os.path.join(output, "samples")
         result = generate(pipeline, sample_dir, num_samples, sampling_batch_size or settings.batch_size, seed,
-                          class_balanced, npz, **sample_kwargs)
+                          class_balanced, npz, uint8_rule=uint8_rule, overwrite_samples=overwrite_samples,
+                          **sample_kwargs)
         source = FolderImages(sample_dir, names=[f"{i:06d}.png" for i in range(num_samples)])
         protocol.update({"pipeline": os.path.abspath(pipeline), "num_samples": num_samples, "seed": seed,
                          "labels": "class-balanced (i mod C)" if class_balanced else "uniform random per image",
-                         "sampling": _sampling_settings(pipeline, sample_kwargs),
-                         "uint8": "clamp(127.5 x + 128) of x in [-1, 1], PNG", "npz": result.get("npz")})
+                         "sampling": result["sampling"], "uint8": f"{uint8_rule}: {UINT8_RULES[uint8_rule]}, PNG",
+                         "npz": result.get("npz")})
     else:
         protocol.update({"samples": os.path.abspath(samples) if isinstance(samples, str) else "tensor"})
     meta = dict(source.description)

@@ -35,9 +35,20 @@ def _to_chw3(arr: np.ndarray) -> torch.Tensor:
     return t.expand(3, -1, -1).contiguous() if t.shape[0] == 1 else t
 
 
-def float_to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> uint8 by ADM's rule clamp(127.5 x + 128) (exact inverse of u / 127.5 - 1)."""
-    return (127.5 * x.float() + 128).clamp(0, 255).to(torch.uint8)
+# How generated or reconstructed [-1, 1] floats become uint8 pixels, named by who uses them
+UINT8_RULES = {
+    "round": "uint8(clamp(127.5 x + 128, 0, 255)): 127.5 (x + 1) rounded half up (DiT sample_ddp.py, LlamaGen)",
+    "truncate": "uint8(clamp(127.5 (x + 1), 0, 255)): truncated (ADM image_sample.py, VQGAN-LC)",
+}
+
+
+def float_to_uint8(x: torch.Tensor, rule: str = "round") -> torch.Tensor:
+    """[-1, 1] floats -> uint8 by one of UINT8_RULES; "round" is the exact inverse of u / 127.5 - 1
+    (so a dataset image survives the round trip), "truncate" maps every non-integer value one lower."""
+    if rule not in UINT8_RULES:
+        raise ValueError(f"uint8 rule must be one of {sorted(UINT8_RULES)}, got {rule!r}")
+    y = 127.5 * x.float() + 128 if rule == "round" else (x.float() + 1) * 127.5  # each source's own arithmetic
+    return y.clamp(0, 255).to(torch.uint8)
 
 
 def as_uint8_images(images: torch.Tensor, value_range: tuple[float, float] | None = None) -> torch.Tensor:

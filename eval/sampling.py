@@ -7,12 +7,19 @@ images do not depend on the number of processes or the batch size. Rank r makes 
 i = r, r + W, ... that are not on disk yet: an interrupted run resumes without redoing finished
 images, and no two ranks write the same image. PNGs are written atomically (tmp + rename); with
 `--npz` the main process packs them, in index order, into ADM's evaluator format: `arr_0` uint8
-(N, H, W, 3), `arr_1` int64 labels. Pixels are uint8(clamp(127.5 x + 128)) of x in [-1, 1], i.e.
-round(255 y) of the pipeline's [0, 1] output; grayscale is repeated to 3 channels.
+(N, H, W, 3), `arr_1` int64 labels. Pixels follow `--uint8-rule` (`image_inputs.UINT8_RULES`):
+"round", uint8(clamp(127.5 x + 128)) of x in [-1, 1] as DiT and LlamaGen, or "truncate",
+uint8(clamp((x + 1) 127.5)) as ADM's image_sample.py; grayscale is repeated to 3 channels.
+
+samples.json records what the images depend on: a digest of the pipeline's weights, its sampling
+settings resolved (saved defaults merged with this run's overrides), the seed, the labels rule and
+the uint8 rule. A folder drawn with anything else is refused with what changed, or, with
+`--overwrite-samples`, its images are deleted and redrawn.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -27,7 +34,7 @@ from tqdm.auto import tqdm
 from lcgen.log import configure as configure_logging
 from lcgen.pipelines import load_pipeline
 
-from .image_inputs import float_to_uint8
+from .image_inputs import UINT8_RULES, float_to_uint8
 
 PNG = "{:06d}.png"
 
@@ -45,37 +52,83 @@ def class_for(index: int, num_classes: int, seed: int, balanced: bool) -> int | 
     return int(torch.randint(num_classes, (1,), generator=g))
 
 
-def to_uint8(images01: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [0, 1] -> (B, H, W, 3) uint8 as ADM: clamp(127.5 x + 128) with x = 2y - 1."""
-    u8 = float_to_uint8(images01.float() * 2 - 1).permute(0, 2, 3, 1).cpu().numpy()
+def to_uint8(images01: torch.Tensor, rule: str = "round") -> np.ndarray:
+    """(B, C, H, W) in [0, 1] -> (B, H, W, 3) uint8 by `rule` applied to x = 2y - 1."""
+    u8 = float_to_uint8(images01.float() * 2 - 1, rule).permute(0, 2, 3, 1).cpu().numpy()
     return np.repeat(u8, 3, axis=-1) if u8.shape[-1] == 1 else u8
 
 
-def _check_resumable(output: str, settings: dict) -> None:
-    """Images already in `output` are reused only if they were drawn with the same settings."""
+def weights_digest(pipe) -> str:
+    """sha256 over every tensor of the pipeline's modules (names, shapes, dtypes and bytes): new
+    weights saved into the same folder give a new digest."""
+    h = hashlib.sha256()
+    for name, component in sorted(pipe.components.items()):
+        if isinstance(component, torch.nn.Module):
+            for key, t in sorted(component.state_dict().items()):
+                h.update(f"{name}.{key}:{tuple(t.shape)}:{t.dtype};".encode())
+                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def resolved_sampling(pipe, overrides: dict) -> dict:
+    """The pipeline's saved sampling settings with this run's overrides: what the samples used."""
+    saved = {k: v for k, v in pipe.config.items() if not k.startswith("_") and k not in pipe.components
+             and k not in ("id2label", "info")}
+    return json.loads(json.dumps({**saved, **overrides}, default=str))
+
+
+def _describe_change(key: str, old, new) -> str:
+    if key == "weights":
+        return "the pipeline's weights changed"
+    if isinstance(old, dict) and isinstance(new, dict):
+        return ", ".join(f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                         if old.get(k) != new.get(k))
+    return f"{key}: {old!r} -> {new!r}"
+
+
+def _check_resumable(output: str, settings: dict, overwrite: bool = False) -> None:
+    """Images already in `output` are reused only if they were drawn with the same settings; with
+    `overwrite`, images drawn otherwise are deleted (only the files this module writes)."""
     path = os.path.join(output, "samples.json")
     if not os.path.isfile(path):
         return
     with open(path) as f:
         old = json.load(f)
     changed = [k for k in settings if json.loads(json.dumps(settings[k])) != old.get(k)]
-    if changed:
-        raise ValueError(f"{output!r} holds samples drawn with other settings ({', '.join(changed)} differ): "
-                         f"use a new output folder, or delete it to start over")
+    if not changed:
+        return
+    if not overwrite:
+        what = "; ".join(_describe_change(k, old.get(k), settings[k]) for k in changed)
+        raise ValueError(f"{output!r} holds samples drawn otherwise ({what}): pass --overwrite-samples to redraw "
+                         "them, or use a new output folder")
+    for name in os.listdir(output):
+        stem = name[:-len(".png")] if name.endswith(".png") else ""
+        if (stem.isdigit() and len(stem) == 6) or name in ("samples.json", "samples.npz"):
+            os.remove(os.path.join(output, name))
 
 
 def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64, seed: int = 0,
-             class_balanced: bool = False, npz: bool = False, device: str | None = None, **sample_kwargs) -> dict:
-    """Make the missing images of [0, num_samples) on this rank; returns counts (and the npz path)."""
+             class_balanced: bool = False, npz: bool = False, device: str | None = None, uint8_rule: str = "round",
+             overwrite_samples: bool = False, **sample_kwargs) -> dict:
+    """Make the missing images of [0, num_samples) on this rank; returns counts, the resolved sampling
+    settings (and the npz path)."""
     from PIL import Image
 
     if num_samples <= 0 or batch_size <= 0:
         raise ValueError(f"num_samples and batch_size must be > 0, got {num_samples} and {batch_size}")
+    if uint8_rule not in UINT8_RULES:
+        raise ValueError(f"uint8_rule must be one of {sorted(UINT8_RULES)}, got {uint8_rule!r}")
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
-    settings = {"pipeline": os.path.abspath(pipeline), "seed": seed, "class_balanced": class_balanced,
-                "sampling": sample_kwargs}
+    pipe = load_pipeline(pipeline)
+    settings = {"pipeline": os.path.abspath(pipeline), "weights": weights_digest(pipe), "seed": seed,
+                "class_balanced": class_balanced, "sampling": resolved_sampling(pipe, sample_kwargs),
+                "uint8_rule": uint8_rule}
+    if overwrite_samples:  # the main process deletes what was drawn otherwise, then every rank checks
+        if state.is_main_process:
+            _check_resumable(output, settings, overwrite=True)
+        state.wait_for_everyone()
     _check_resumable(output, settings)
-    pipe = load_pipeline(pipeline).to(device or state.device)
+    pipe = pipe.to(device or state.device)
     os.makedirs(output, exist_ok=True)
     if state.is_main_process and not os.path.isfile(os.path.join(output, "samples.json")):
         _write_json(os.path.join(output, "samples.json"), settings)  # first: an interrupted run is checked too
@@ -93,13 +146,14 @@ def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64,
             out = pipe(class_id=labels, generator=gens, output_type="pt", **sample_kwargs).images
         else:
             out = pipe(num_images_per_class=len(idx), generator=gens, output_type="pt", **sample_kwargs).images
-        for i, arr in zip(idx, to_uint8(out)):
+        for i, arr in zip(idx, to_uint8(out, uint8_rule)):
             path = os.path.join(output, PNG.format(i))
             Image.fromarray(arr).save(path + ".tmp.png")
             os.replace(path + ".tmp.png", path)
         made += len(idx)
     state.wait_for_everyone()
-    result = {"made": made, "rank": state.process_index, "processes": state.num_processes}
+    result = {"made": made, "rank": state.process_index, "processes": state.num_processes,
+              "sampling": settings["sampling"], "uint8_rule": uint8_rule}
     if state.is_main_process:
         labels = [class_for(i, n_cls, seed, class_balanced) for i in range(num_samples)]
         _write_json(os.path.join(output, "samples.json"), {**settings, "num_samples": num_samples, "labels": labels})
@@ -136,6 +190,14 @@ def pack_npz(output: str, num_samples: int, labels: list[int]) -> str:
     return path
 
 
+def add_sample_file_flags(p: argparse.ArgumentParser) -> None:
+    """--uint8-rule and --overwrite-samples, shared with `lcgen evaluate fid`."""
+    p.add_argument("--uint8-rule", default="round", choices=sorted(UINT8_RULES),
+                   help="round: clamp(127.5 x + 128) as DiT/LlamaGen; truncate: (x + 1) 127.5 as ADM/VQGAN-LC")
+    p.add_argument("--overwrite-samples", action="store_true",
+                   help="redraw the images of a folder drawn with other weights or settings (else refused)")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="lcgen.eval.sampling", description=__doc__.split("\n")[0])
     p.add_argument("--pipeline", required=True)
@@ -147,12 +209,14 @@ def main(argv=None):
     p.add_argument("--npz", action="store_true")
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--num-inference-steps", type=int, default=None)
+    add_sample_file_flags(p)
     a = p.parse_args(argv)
     configure_logging()
     kwargs = {k: v for k, v in {"guidance_scale": a.guidance_scale,
                                 "num_inference_steps": a.num_inference_steps}.items() if v is not None}
     try:
-        r = generate(a.pipeline, a.output, a.num_samples, a.batch_size, a.seed, a.class_balanced, a.npz, **kwargs)
+        r = generate(a.pipeline, a.output, a.num_samples, a.batch_size, a.seed, a.class_balanced, a.npz,
+                     uint8_rule=a.uint8_rule, overwrite_samples=a.overwrite_samples, **kwargs)
     except (ValueError, TypeError) as e:
         raise SystemExit(f"lcgen.eval.sampling: error: {e}")
     print(json.dumps(r))

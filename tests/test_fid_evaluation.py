@@ -240,7 +240,7 @@ def test_pipeline_evaluation_records_the_protocol(classifier, tmp_path):
     assert p["sampling"]["guidance_scale"] == 1.5 and "temperature" in p["sampling"]
     assert sorted(f for f in os.listdir(tmp_path / "e" / "samples") if f.endswith(".png"))[-1] == "000005.png"
     assert np.load(tmp_path / "e" / "samples" / "samples.npz")["arr_0"].shape == (6, 28, 28, 3)
-    with pytest.raises(ValueError, match="other settings.*seed"):  # the same folder, another seed
+    with pytest.raises(ValueError, match="drawn otherwise.*seed: 3 -> 4"):  # the same folder, another seed
         evaluate_fid(str(tmp_path / "e"), ref, pipeline=str(pipe), num_samples=6,
                      settings=classifier_settings(classifier, tmp_path / "cache"), seed=4, class_balanced=True,
                      guidance_scale=1.5)

@@ -74,6 +74,9 @@ def test_vqgan_lc_protocol_is_separate_and_labelled(setup, tmp_path):
     assert "not comparable" in lc["protocol"]["comparable_to"]
     assert lc["protocol"]["reference"]["preprocessing"] == "stretch" and lc["protocol"]["reference"]["resolution"] == 299
     assert np.isfinite(lc["metrics"]["fid"]) and lc["metrics"]["fid"] != pytest.approx(adm["metrics"]["fid"])
+    # each protocol's own uint8 rule, named: DiT/LlamaGen's rounding for adm, VQGAN-LC's truncation
+    assert adm["protocol"]["uint8"].startswith("round: uint8(clamp(127.5 x + 128")
+    assert lc["protocol"]["uint8"].startswith("truncate: ")
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -81,6 +84,7 @@ def test_vqgan_lc_protocol_is_separate_and_labelled(setup, tmp_path):
     ({"tokenizer": "."}, "not a saved VQTokenizer"),
     ({"metrics": ("fid", "isc")}, "Inception Score"),
     ({"resolution": 0}, "resolution must be"),
+    ({"uint8_rule": "nearest"}, "uint8_rule must be"),
 ])
 def test_bad_rfid_arguments(setup, tmp_path, kwargs, match):
     args = {"tokenizer": str(setup / "tok"), "output": str(tmp_path / "e"), "dataset": "fashion-mnist",

@@ -1,6 +1,7 @@
 """Sampling at scale: a two-process run writes exactly the requested, distinct images; they equal a
-one-process run's (per-image generators); an interrupted run redoes only the missing images; the
-ADM .npz holds uint8 NHWC pixels = clamp(127.5 x + 128)."""
+one-process run's (per-image generators); an interrupted run redoes only the missing images; images
+drawn with other weights or settings are refused (or redrawn on request); the ADM .npz holds uint8
+NHWC pixels by the named rule."""
 import json
 import os
 import subprocess
@@ -64,14 +65,41 @@ def test_interrupted_run_redoes_only_missing_images(pipe_dir, tmp_path):
     assert all(np.abs(after[n].astype(int) - before[n].astype(int)).max() <= 1 for n in before)
 
 
-def test_adm_pixel_convention_and_classes():
+def test_pixel_rules_and_classes():
     y = torch.tensor([0.0, 0.2, 0.5, 1.0, 1.2]).view(1, 1, 1, 5)
     u8 = to_uint8(y)
     assert u8.shape == (1, 1, 5, 3)
-    assert u8[0, 0, :, 0].tolist() == [0, 51, 128, 255, 255]  # floor(127.5 (2y - 1) + 128)
+    assert u8[0, 0, :, 0].tolist() == [0, 51, 128, 255, 255]  # floor(127.5 (2y - 1) + 128): DiT, LlamaGen
+    y = torch.tensor([0.0, 0.25, 0.5, 1.0, 1.2]).view(1, 1, 1, 5)  # exact in binary: no rounding of 2y - 1
+    assert to_uint8(y)[0, 0, :, 0].tolist() == [0, 64, 128, 255, 255]
+    assert to_uint8(y, "truncate")[0, 0, :, 0].tolist() == [0, 63, 127, 255, 255]  # floor(127.5 (x + 1)): ADM
+    with pytest.raises(ValueError, match="uint8 rule"):
+        to_uint8(y, "nearest")
     drawn = [class_for(i, 10, 0, False) for i in range(200)]
     assert set(drawn) == set(range(10)) and drawn == [class_for(i, 10, 0, False) for i in range(200)]
     assert class_for(3, 0, 0, True) is None
+
+
+def test_new_weights_or_settings_in_the_same_folder_are_not_reused(tmp_path):
+    pipe_dir = str(tmp_path / "pipe")
+    pipe = tiny_pipeline("sit")
+    pipe.save_pretrained(pipe_dir)
+    out = str(tmp_path / "samples")
+    assert generate(pipe_dir, out, 3, batch_size=3)["made"] == 3
+    assert generate(pipe_dir, out, 3, batch_size=3)["made"] == 0  # same weights and settings: reused
+    with torch.no_grad():  # "more training": new weights saved over the old folder
+        next(pipe.transformer.parameters()).add_(0.1)
+    pipe.save_pretrained(pipe_dir)
+    with pytest.raises(ValueError, match="weights changed.*--overwrite-samples"):
+        generate(pipe_dir, out, 3, batch_size=3)
+    assert generate(pipe_dir, out, 3, batch_size=3, overwrite_samples=True)["made"] == 3
+    pipe.register_to_config(num_inference_steps=2)  # a new saved default, no override passed
+    pipe.save_pretrained(pipe_dir)
+    with pytest.raises(ValueError, match=r"sampling.num_inference_steps: 3 -> 2"):
+        generate(pipe_dir, out, 3, batch_size=3)
+    with pytest.raises(ValueError, match="uint8_rule: 'round' -> 'truncate'"):
+        generate(pipe_dir, out, 3, batch_size=3, num_inference_steps=3, uint8_rule="truncate")
+    assert sorted(os.listdir(out)) == ["000000.png", "000001.png", "000002.png", "samples.json"]
 
 
 def test_bad_arguments(pipe_dir, tmp_path):
