@@ -45,7 +45,11 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="Inception Score parts: adm (consecutive 5,000-image parts, ADM's evaluator) or "
                    "torch-fidelity (10 shuffled parts); the same at 50,000 samples only")
     p.add_argument("--data-dir", default=None, help="local copy of the dataset (imagefolder or a Hub dataset's files)")
-    p.add_argument("--max-samples", type=int, default=None, help="use only the first N images of the split")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="use N images of the split: a fixed-seed uniform subset of all of it (not its first N)")
+    p.add_argument("--kid-prc-reference-images", type=int, default=10_000,
+                   help="KID/PR compare with a fixed-seed uniform subset of this many reference images (ADM's "
+                   "10,000-image reference batch; 0: all of them)")
 
 
 def build_parser(prog: str = "lcgen.eval.evaluate") -> argparse.ArgumentParser:
@@ -89,7 +93,7 @@ def run(args) -> dict | None:
         extractor=ExtractorSpec(args.feature_extractor, args.weights, "float64" if args.float64_features else "float32"),
         batch_size=args.batch_size, shard_size=args.shard_size, num_workers=args.num_workers,
         cache_root=args.cache_dir, keep_reference_features=args.keep_reference_features,
-        is_splits=args.is_splits)
+        is_splits=args.is_splits, reference_subset=args.kid_prc_reference_images or None)
     if args.what == "rfid":
         return evaluate_rfid(args.tokenizer, args.output, args.dataset, args.split, args.resolution, args.protocol,
                              args.data_dir, args.max_samples, settings, args.uint8_rule)

@@ -9,8 +9,9 @@ shards; a store whose meta differs from the requested one is stale and is emptie
 never reused. Ranks of a multi-process run take shards s = rank, rank + W, ...
 
 Memory is flat in the number of images: FID statistics are accumulated shard by shard in float64
-(sum and sum of outer products, shifted by the first shard's mean against cancellation); only
-IS/KID/PR, which are defined on the whole feature matrix, load it.
+(sum and sum of outer products, shifted by the first shard's mean against cancellation); IS/KID/PR,
+defined on a feature matrix, load it, or for a large reference only a fixed-seed uniform subset of
+its rows (`uniform_subset`, as ADM's 10,000-image reference batches).
 """
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 SHARD = "shard-{:05d}.npz"
+SUBSET_SEED = 0
+
+
+def uniform_subset(n: int, size: int, seed: int = SUBSET_SEED) -> np.ndarray:
+    """`size` sorted indices drawn without replacement, uniformly over range(n), by a fixed seed: a
+    subset of a class-sorted split holds every class in proportion (the first `size` would not)."""
+    if size <= 0:
+        raise ValueError(f"subset size must be > 0, got {size}")
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
 class StreamingStats:
@@ -165,9 +177,16 @@ class FeatureStore:
         os.replace(tmp, path)
         return mu, sigma, acc.n
 
-    def features(self, layer: str) -> torch.Tensor:
-        """The whole (N, D) float32 matrix (for IS/KID/PR)."""
-        return torch.from_numpy(np.concatenate(list(self._shards(layer))))
+    def features(self, layer: str, rows: np.ndarray | None = None) -> torch.Tensor:
+        """The (N, D) float32 matrix (for IS/KID/PR), or only its sorted `rows`, gathered shard by shard
+        (memory: the rows asked for)."""
+        if rows is None:
+            return torch.from_numpy(np.concatenate(list(self._shards(layer))))
+        parts = []
+        for s, shard in enumerate(self._shards(layer)):
+            lo, hi = np.searchsorted(rows, [s * self.shard_size, (s + 1) * self.shard_size])
+            parts.append(shard[rows[lo:hi] - s * self.shard_size].copy())
+        return torch.from_numpy(np.concatenate(parts))
 
     def drop_shards(self) -> None:
         """Free the disk once the statistics are written (a later KID/PR recomputes them)."""

@@ -7,7 +7,9 @@ extractors take. Every source is checked when opened, before any feature is comp
   memory-mapped, never loaded whole. A float array or a file without `arr_0` is an error that says how
   to convert.
 - `SplitImages`: a dataset split through `lcgen.data.build_dataset` with an evaluation preprocessing
-  ("adm", "center", "stretch" or None = native size), converted back to the exact uint8 pixels.
+  ("adm", "center", "stretch" or None = native size), converted back to the exact uint8 pixels;
+  `max_samples` keeps a fixed-seed uniform subset of the whole split (not its first, often
+  class-sorted, images).
 - `as_uint8_images`: a tensor from Python, checked for dtype and declared range.
 """
 from __future__ import annotations
@@ -18,11 +20,13 @@ import zipfile
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from lcgen.data import build_dataset
 from lcgen.data.fashion_mnist import DEBIAN_DIR
 from lcgen.data.transforms import adm_center_crop
+
+from .feature_store import SUBSET_SEED, uniform_subset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -207,16 +211,23 @@ class SplitImages(Dataset):
             raise ValueError(f"preprocessing must be adm, center, stretch or None, got {preprocessing!r}")
         if (preprocessing is None) != (resolution is None):
             raise ValueError("give a resolution with a preprocessing (or neither, for native-size images)")
+        if max_samples is not None and max_samples <= 0:
+            raise ValueError(f"max_samples must be > 0, got {max_samples}")
         self.dataset = build_dataset(name, split, resolution, crop=preprocessing or "center", channels=3,
-                                     data_dir=data_dir, max_samples=max_samples)
+                                     data_dir=data_dir)
         if not hasattr(self.dataset, "__len__"):
             raise ValueError(f"{name!r} {split!r} is a streamed dataset; FID references need a map-style one")
+        self.split_images = len(self.dataset)
+        if max_samples is not None and max_samples < self.split_images:
+            self.dataset = Subset(self.dataset, uniform_subset(self.split_images, max_samples).tolist())
         self.description = {"source": "dataset", "dataset": name, "split": split, "resolution": resolution,
                             "preprocessing": preprocessing, "data_dir": os.path.abspath(data_dir) if data_dir else None,
-                            "max_samples": max_samples, "images": len(self.dataset)}
+                            "max_samples": max_samples, "images": len(self.dataset),
+                            "subset": None if len(self.dataset) == self.split_images else
+                            f"uniform without replacement over all {self.split_images:,} images, seed {SUBSET_SEED}"}
 
     def fingerprint(self) -> dict:
-        inner = getattr(self.dataset, "ds", None)
+        inner = getattr(getattr(self.dataset, "dataset", self.dataset), "ds", None)
         if inner is not None and getattr(inner, "_fingerprint", None):
             return {"images": len(self), "datasets_fingerprint": inner._fingerprint}
         if os.path.isdir(DEBIAN_DIR) and self.description["dataset"] == "fashion-mnist":

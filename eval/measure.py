@@ -22,7 +22,7 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
 from .extractors import INCEPTION, LAYERS, ExtractorSpec, build_extractor
-from .feature_store import FeatureStore, rank_deficiency_warning
+from .feature_store import SUBSET_SEED, FeatureStore, rank_deficiency_warning, uniform_subset
 from .fid import frechet_distance
 from .metrics.inception_score import ADM_SPLIT_SIZE, inception_score
 from .reference import default_cache_root
@@ -68,6 +68,7 @@ class MeasureSettings:
     keep_reference_features: bool = False
     kid_subset_size: int = 1000
     is_splits: str = "adm"
+    reference_subset: int | None = 10_000  # KID/PR reference rows (ADM's reference batch size); None: all
 
     def check(self) -> "MeasureSettings":
         check_torch_fidelity()
@@ -75,6 +76,8 @@ class MeasureSettings:
         bad = [m for m in metrics if m not in METRICS]
         if not metrics or bad:
             raise ValueError(f"metrics must be a non-empty subset of {METRICS}, got {list(self.metrics)}")
+        if self.reference_subset is not None and self.reference_subset <= 1:
+            raise ValueError(f"reference_subset must be > 1 or None, got {self.reference_subset}")
         if self.is_splits not in IS_SPLITS:
             raise ValueError(f"is_splits must be one of {sorted(IS_SPLITS)}, got {self.is_splits!r}")
         if self.batch_size <= 0 or self.shard_size <= 0 or self.kid_subset_size <= 1:
@@ -158,7 +161,13 @@ def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | 
             out["inception_score_mean"] = isc["inception_score_mean"]
             out["inception_score_std"] = isc["inception_score_std"]
     if {"kid", "prc"} & set(settings.metrics):
-        f1, f2 = samples.features(pool), ref_store.features(pool)
+        n_ref = ref_store.num_items
+        rows = uniform_subset(n_ref, settings.reference_subset) if settings.reference_subset else None
+        f1, f2 = samples.features(pool), ref_store.features(pool, rows)
+        out["kid_prc_reference_images"] = len(f2)
+        if len(f2) < n_ref:
+            notes.append(f"KID/PR against a {len(f2):,}-image uniform subset (seed {SUBSET_SEED}) of the "
+                         f"{n_ref:,} reference images (reference_subset)")
         if "kid" in settings.metrics:
             size = min(settings.kid_subset_size, len(f1), len(f2))
             if size < settings.kid_subset_size:

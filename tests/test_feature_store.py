@@ -118,3 +118,23 @@ def test_incomplete_store_cannot_give_statistics(images, tmp_path):
     store.prepare()
     with pytest.raises(ValueError, match="missing"):
         store.statistics("a")
+
+
+def test_uniform_subset_covers_a_class_sorted_split():
+    from lcgen.eval.feature_store import uniform_subset
+
+    labels = np.repeat(np.arange(10), 100)  # 1,000 items sorted by class, as an ImageNet folder
+    rows = uniform_subset(1000, 200)
+    assert len(set(rows.tolist())) == 200 and np.all(np.diff(rows) > 0)
+    counts = np.bincount(labels[rows], minlength=10)
+    assert counts.min() >= 8  # every class, near its share of 20 (the first 200 would be classes 0 and 1)
+    assert np.array_equal(rows, uniform_subset(1000, 200))  # fixed seed
+    assert np.array_equal(uniform_subset(5, 10), np.arange(5))
+
+
+def test_feature_rows_gathered_across_shards(images, tmp_path):
+    store = make_store(tmp_path / "s")
+    store.prepare()
+    store.extract(images, CountingExtractor(), ["a", "b"], batch_size=3, progress=False)
+    rows = np.array([0, 3, 4, 9])  # shards of 4: rows in shards 0, 0, 1, 2
+    assert torch.equal(store.features("b", rows), store.features("b")[rows])

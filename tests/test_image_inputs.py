@@ -144,7 +144,23 @@ def test_split_reference_gives_the_dataset_pixels():
     ref = resolve_reference("fashion-mnist-test", max_samples=3)
     from lcgen.data.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
 
+    from lcgen.eval.feature_store import uniform_subset
+
     images, _ = load_fashion_mnist("test", DEBIAN_DIR)
     assert isinstance(ref.images, SplitImages) and len(ref.images) == 3
-    assert torch.equal(ref.images[2], images[2][None].expand(3, -1, -1))
+    rows = uniform_subset(10_000, 3)  # max_samples: a uniform subset of the whole split
+    assert torch.equal(ref.images[2], images[rows[2]][None].expand(3, -1, -1))
     assert ref.images.description["preprocessing"] is None
+    assert ref.images.description["subset"].startswith("uniform without replacement over all 10,000")
+
+
+def test_max_samples_of_a_class_sorted_folder_holds_every_class(tmp_path):
+    from PIL import Image
+
+    for c in range(4):  # an imagefolder is read class by class: its first 20 images are classes 0 and 1
+        os.makedirs(tmp_path / "train" / f"class{c}")
+        for i in range(15):
+            Image.fromarray(np.full((8, 8, 3), 16 * c + i, np.uint8)).save(tmp_path / "train" / f"class{c}" / f"{i}.png")
+    split = SplitImages("imagefolder", "train", None, None, data_dir=str(tmp_path), max_samples=20)
+    labels = [split.dataset[i]["label"] for i in range(len(split))]
+    assert len(labels) == 20 and set(labels) == {0, 1, 2, 3}

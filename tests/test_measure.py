@@ -72,3 +72,32 @@ def test_is_splits_is_checked_and_named():
     with pytest.raises(ValueError, match="is_splits"):
         MeasureSettings(is_splits="ten").check()
     assert set(measure.IS_SPLITS) == {"adm", "torch-fidelity"}
+
+
+def test_kid_and_pr_use_a_uniform_subset_of_a_large_reference(tmp_path):
+    from types import SimpleNamespace
+
+    from lcgen.eval.extractors import LAYERS
+    from lcgen.eval.feature_store import FeatureStore, uniform_subset
+    from lcgen.eval.image_inputs import TensorImages
+
+    layers = [LAYERS["inception-v3-compat"]["pool"], LAYERS["inception-v3-compat"]["logits"]]
+    g = torch.Generator().manual_seed(0)
+
+    def store(name, n):
+        s = FeatureStore(str(tmp_path / name), {"what": name}, n, shard_size=7)
+        s.prepare()
+        images = TensorImages(torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=g))
+        s.extract(images, lambda x: (x.float().flatten(1)[:, :8], x.float().flatten(1)[:, :10]), layers, 5,
+                  progress=False)
+        return s
+
+    samples, ref_store = store("samples", 20), store("reference", 30)
+    settings = MeasureSettings(metrics=("kid", "prc"), kid_subset_size=5, reference_subset=12)
+    out, notes = measure.compute_metrics(samples, SimpleNamespace(has_statistics=False), ref_store, settings)
+    assert out["kid_prc_reference_images"] == 12 and any("12-image uniform subset" in n for n in notes)
+    expected = precision_recall(samples.features(layers[0]), ref_store.features(layers[0])[uniform_subset(30, 12)])
+    assert out["precision"] == expected["precision"] and out["recall"] == expected["recall"]
+    settings.reference_subset = None
+    out, notes = measure.compute_metrics(samples, SimpleNamespace(has_statistics=False), ref_store, settings)
+    assert out["kid_prc_reference_images"] == 30 and not notes
