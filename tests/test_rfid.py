@@ -11,6 +11,7 @@ from tiny import randomize, tiny_tokenizer
 from lcgen.eval.classifier import ImageClassifier
 from lcgen.data.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
 from lcgen.eval.extractors import FASHION_MNIST, ExtractorSpec
+from lcgen.eval.feature_store import uniform_subset
 from lcgen.eval.fid import frechet_distance
 from lcgen.eval.generation_fid import evaluate_fid
 from lcgen.eval.image_inputs import float_to_uint8
@@ -45,7 +46,8 @@ def test_rfid_equals_the_frechet_distance_of_reconstructions(setup, tmp_path):
     tok = VQTokenizer.from_pretrained(setup / "tok").eval()
     clf = ImageClassifier.from_pretrained(setup / "clf").eval()
     images, _ = load_fashion_mnist("test", DEBIAN_DIR)
-    x = images[:N, None].float() / 127.5 - 1  # 28 px: ADM's crop at 28 is the identity
+    rows = torch.from_numpy(uniform_subset(len(images), N))  # max_samples: a uniform subset of the split
+    x = images[rows, None].float() / 127.5 - 1  # 28 px: ADM's crop at 28 is the identity
     with torch.no_grad():
         recon = float_to_uint8(tok.decode(tok.encode(x).quantized).clamp(-1, 1))
         f_real = clf.features(x).double().numpy()
@@ -56,7 +58,7 @@ def test_rfid_equals_the_frechet_distance_of_reconstructions(setup, tmp_path):
     assert report["metrics"]["fid"] > 0
     assert report["protocol"]["protocol"] == "adm" and report["protocol"]["comparable_to"].startswith("LlamaGen")
     # the same split as a generation reference reuses the cached real statistics
-    np.savez(tmp_path / "s.npz", arr_0=images[:N, :, :, None].expand(-1, -1, -1, 3).numpy())
+    np.savez(tmp_path / "s.npz", arr_0=images[rows, :, :, None].expand(-1, -1, -1, 3).numpy())
     with pytest.warns(UserWarning):
         gen = evaluate_fid(str(tmp_path / "g"), "fashion-mnist-28-test", samples=str(tmp_path / "s.npz"),
                            reference_max_samples=N, settings=settings(setup))
