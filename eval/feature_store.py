@@ -15,9 +15,12 @@ its rows (`uniform_subset`, as ADM's 10,000-image reference batches).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+import uuid
 import warnings
 
 import numpy as np
@@ -26,7 +29,13 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 SHARD = "shard-{:05d}.npz"
+LOCK = ".lock"
 SUBSET_SEED = 0
+
+
+def unique_tmp(path: str, suffix: str = ".tmp") -> str:
+    """A temporary name beside `path` that no other process or run uses (renamed over `path` when done)."""
+    return f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
 
 
 def uniform_subset(n: int, size: int, seed: int = SUBSET_SEED) -> np.ndarray:
@@ -83,26 +92,52 @@ class FeatureStore:
         self.num_items, self.shard_size = num_items, shard_size
         self.num_shards = -(-num_items // shard_size)
 
+    # -- locking: many runs may share a cached reference -------------------------------------------
+    @contextlib.contextmanager
+    def _lock(self, mode: int):
+        """flock on <folder>/.lock (never deleted: emptying a stale folder keeps it); yields whether
+        the lock was taken (always, unless mode has LOCK_NB and another run holds it)."""
+        os.makedirs(self.folder, exist_ok=True)
+        fd = os.open(os.path.join(self.folder, LOCK), os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, mode)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
+
+    def in_use(self):
+        """Hold for a whole run (shared): other runs may add shards and read, none deletes or empties."""
+        return self._lock(fcntl.LOCK_SH)
+
     # -- layout -------------------------------------------------------------------------------
     def prepare(self) -> bool:
         """Create the folder or check it; returns False (after emptying it) when it was stale.
-        Call on one process only, before the others touch the store."""
-        path = os.path.join(self.folder, "meta.json")
-        fresh = True
-        if os.path.isfile(path):
-            with open(path) as f:
-                old = json.load(f)
-            if old == self.meta:
-                return True
-            changed = sorted(k for k in set(old) | set(self.meta) if old.get(k) != self.meta.get(k))
-            warnings.warn(f"stale features in {self.folder} (changed: {', '.join(changed)}): recomputing them")
-            shutil.rmtree(self.folder)
-            fresh = False
-        os.makedirs(self.folder, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(self.meta, f, indent=1, sort_keys=True)
-        os.replace(path + ".tmp", path)
-        return fresh
+        Call on one process only, before the others touch the store. Exclusive: waits for any
+        other run that holds the store (`in_use`) before emptying it."""
+        with self._lock(fcntl.LOCK_EX):
+            path = os.path.join(self.folder, "meta.json")
+            fresh = True
+            if os.path.isfile(path):
+                with open(path) as f:
+                    old = json.load(f)
+                if old == self.meta:
+                    return True
+                changed = sorted(k for k in set(old) | set(self.meta) if old.get(k) != self.meta.get(k))
+                warnings.warn(f"stale features in {self.folder} (changed: {', '.join(changed)}): recomputing them")
+                for name in os.listdir(self.folder):
+                    if name != LOCK:
+                        entry = os.path.join(self.folder, name)
+                        shutil.rmtree(entry) if os.path.isdir(entry) else os.remove(entry)
+                fresh = False
+            tmp = unique_tmp(path)
+            with open(tmp, "w") as f:
+                json.dump(self.meta, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+            return fresh
 
     def shard_path(self, s: int) -> str:
         return os.path.join(self.folder, SHARD.format(s))
@@ -141,7 +176,7 @@ class FeatureStore:
                     batch = batch_fn(batch)
                 for layer, feats in zip(layers, extractor(batch)):
                     parts[layer].append(feats.float().cpu().numpy())
-            tmp = self.shard_path(s) + ".tmp.npz"
+            tmp = unique_tmp(self.shard_path(s), ".tmp.npz")  # two runs may make the same shard at once
             np.savez(tmp, **{layer: np.concatenate(p) for layer, p in parts.items()})
             os.replace(tmp, self.shard_path(s))
         return len(todo)
@@ -172,7 +207,7 @@ class FeatureStore:
         for rows in self._shards(layer):
             acc.update(rows)
         mu, sigma = acc.mu_sigma()
-        tmp = path + ".tmp.npz"
+        tmp = unique_tmp(path, ".tmp.npz")
         np.savez(tmp, mu=mu, sigma=sigma, n=acc.n, meta=json.dumps(self.meta, sort_keys=True))
         os.replace(tmp, path)
         return mu, sigma, acc.n
@@ -188,8 +223,13 @@ class FeatureStore:
             parts.append(shard[rows[lo:hi] - s * self.shard_size].copy())
         return torch.from_numpy(np.concatenate(parts))
 
-    def drop_shards(self) -> None:
-        """Free the disk once the statistics are written (a later KID/PR recomputes them)."""
-        for s in range(self.num_shards):
-            if os.path.isfile(self.shard_path(s)):
-                os.remove(self.shard_path(s))
+    def drop_shards(self) -> bool:
+        """Free the disk once the statistics are written (a later KID/PR recomputes them), unless
+        another run holds the store (`in_use`): then nothing is deleted. Returns whether it dropped."""
+        with self._lock(fcntl.LOCK_EX | fcntl.LOCK_NB) as taken:
+            if not taken:
+                return False
+            for s in range(self.num_shards):
+                if os.path.isfile(self.shard_path(s)):
+                    os.remove(self.shard_path(s))
+            return True

@@ -202,6 +202,14 @@ def _mmap_npz_array(path: str, key: str):
     return np.load(path, allow_pickle=False)[key]  # compressed: must be read whole
 
 
+def canonical_split(name: str, split: str) -> str:
+    """The split `build_dataset` reads for this name: "val" is "validation" (Fashion-MNIST's both are
+    "test"), so a reference named either way is one cache entry."""
+    if name == "fashion-mnist":
+        return {"val": "test", "validation": "test"}.get(split, split)
+    return {"val": "validation"}.get(split, split)
+
+
 class SplitImages(Dataset):
     """A dataset split with an evaluation preprocessing, as uint8 (3, R, R)."""
 
@@ -218,13 +226,29 @@ class SplitImages(Dataset):
         if not hasattr(self.dataset, "__len__"):
             raise ValueError(f"{name!r} {split!r} is a streamed dataset; FID references need a map-style one")
         self.split_images = len(self.dataset)
+        if resolution is None:
+            self._check_one_size(name, split)
         if max_samples is not None and max_samples < self.split_images:
             self.dataset = Subset(self.dataset, uniform_subset(self.split_images, max_samples).tolist())
-        self.description = {"source": "dataset", "dataset": name, "split": split, "resolution": resolution,
+        self.description = {"source": "dataset", "dataset": name, "split": canonical_split(name, split),
+                            "resolution": resolution,
                             "preprocessing": preprocessing, "data_dir": os.path.abspath(data_dir) if data_dir else None,
                             "max_samples": max_samples, "images": len(self.dataset),
                             "subset": None if len(self.dataset) == self.split_images else
                             f"uniform without replacement over all {self.split_images:,} images, seed {SUBSET_SEED}"}
+
+    def _check_one_size(self, name: str, split: str, probes: int = 64) -> None:
+        """Native-size features need one image size: sizes of `probes` images spread over the split,
+        checked before any work (a mixed split would otherwise fail mid-extraction)."""
+        sizes = {}
+        for i in uniform_subset(self.split_images, probes).tolist():
+            item = self.dataset[i]
+            if item is not None:
+                sizes.setdefault(tuple(item["pixel_values"].shape[-2:]), i)
+        if len(sizes) > 1:
+            seen = ", ".join(f"{h}x{w} (image {i})" for (h, w), i in sorted(sizes.items()))
+            raise ValueError(f"{name} {split} has images of mixed sizes ({seen}): name a resolution "
+                             f"(e.g. {name}-256-{split}) or pass --reference-resolution")
 
     def fingerprint(self) -> dict:
         inner = getattr(getattr(self.dataset, "dataset", self.dataset), "ds", None)

@@ -8,6 +8,7 @@ Multi-process: every rank extracts its shards, the main process computes and wri
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -111,11 +112,7 @@ def reference_store(reference, settings: MeasureSettings, layers) -> FeatureStor
 
 
 def extract_all(stores_and_sources, settings: MeasureSettings, layers, state, device):
-    """Prepare the stores on the main process, then every rank fills its missing shards."""
-    if state.is_main_process:
-        for store, _, _ in stores_and_sources:
-            store.prepare()
-    state.wait_for_everyone()
+    """Every rank fills its missing shards of the (prepared) stores."""
     if any(store.missing_shards() for store, _, _ in stores_and_sources):
         extractor = build_extractor(settings.extractor, layers, device)
         tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
@@ -182,8 +179,10 @@ def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | 
 
 
 def check_reference(reference, settings: MeasureSettings) -> bool:
-    """Whether the reference's images are needed; an error if they are and there are none."""
-    needs_images = bool({"kid", "prc"} & set(settings.metrics)) or not reference.has_statistics
+    """Whether the reference's images are needed (never for the Inception Score alone, which does not
+    look at the reference); an error if they are and there are none."""
+    needs_images = bool({"kid", "prc"} & set(settings.metrics)) or ("fid" in settings.metrics
+                                                                     and not reference.has_statistics)
     if needs_images and reference.images is None:
         raise ValueError(f"KID and precision/recall need reference images; {reference.spec!r} holds only statistics")
     return needs_images
@@ -207,12 +206,18 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
         stats_ready = not {"kid", "prc"} & set(settings.metrics) and ref_store.has_statistics(layers[0])
         if not stats_ready:
             jobs.append((ref_store, reference.images, None))
-    extract_all(jobs, settings, layers, state, device)
-    if not state.is_main_process:
-        return None
-    metrics, notes = compute_metrics(samples, reference, ref_store, settings)
-    if ref_store is not None and not settings.keep_reference_features:
-        ref_store.drop_shards()  # the statistics stay cached; KID/PR would recompute the features
+    if state.is_main_process:
+        for store, _, _ in jobs:
+            store.prepare()
+    state.wait_for_everyone()
+    # a shared hold on the cached reference while this run reads it: another run may add to it, none deletes it
+    with ref_store.in_use() if ref_store is not None else contextlib.nullcontext():
+        extract_all(jobs, settings, layers, state, device)
+        if not state.is_main_process:
+            return None
+        metrics, notes = compute_metrics(samples, reference, ref_store, settings)
+    if ref_store is not None and not settings.keep_reference_features and not ref_store.drop_shards():
+        notes.append(f"reference features kept in {ref_store.folder}: another run is using them")
     for note in notes:
         warnings.warn(note)
     import torch_fidelity

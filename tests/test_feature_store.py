@@ -138,3 +138,40 @@ def test_feature_rows_gathered_across_shards(images, tmp_path):
     store.extract(images, CountingExtractor(), ["a", "b"], batch_size=3, progress=False)
     rows = np.array([0, 3, 4, 9])  # shards of 4: rows in shards 0, 0, 1, 2
     assert torch.equal(store.features("b", rows), store.features("b")[rows])
+
+
+def test_a_store_in_use_by_another_run_is_not_dropped_or_emptied(images, tmp_path):
+    import threading
+
+    from lcgen.eval.feature_store import unique_tmp
+
+    assert unique_tmp("x") != unique_tmp("x")  # two writers of one shard never share a temporary file
+    store = make_store(tmp_path / "s")
+    store.prepare()
+    store.extract(images, CountingExtractor(), ["a", "b"], batch_size=5, progress=False)
+    with store.in_use():  # another run reads the cached features ...
+        assert store.drop_shards() is False  # ... so this run's clean-up deletes nothing
+        assert store.missing_shards() == []
+    assert store.drop_shards() is True and store.missing_shards() == [0, 1, 2]
+    # a stale entry is emptied only once no run holds it, and its lock file survives
+    store.extract(images, CountingExtractor(), ["a", "b"], batch_size=5, progress=False)
+    holding, release = threading.Event(), threading.Event()
+
+    def reader():
+        with store.in_use():
+            holding.set()
+            release.wait(10)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    holding.wait(10)
+    stale = make_store(tmp_path / "s", meta={"what": "other"})
+    with pytest.warns(UserWarning, match="stale"):
+        p = threading.Thread(target=stale.prepare)
+        p.start()
+        p.join(0.3)
+        assert p.is_alive() and store.missing_shards() == []  # waiting: the reader's shards are intact
+        release.set()
+        p.join(10)
+    t.join(10)
+    assert sorted(os.listdir(tmp_path / "s")) == [".lock", "meta.json"]

@@ -191,7 +191,7 @@ def test_interrupted_evaluation_resumes(classifier, tmp_path, monkeypatch):
     monkeypatch.setattr("lcgen.eval.measure.build_extractor", flaky_build)
     with pytest.warns(UserWarning), pytest.raises(KeyboardInterrupt):
         evaluate_fid(str(tmp_path / "e"), ref, samples=samples, settings=settings)
-    assert sorted(os.listdir(tmp_path / "e" / "features")) == ["meta.json", "shard-00000.npz"]
+    assert sorted(os.listdir(tmp_path / "e" / "features")) == [".lock", "meta.json", "shard-00000.npz"]
     calls.clear()
 
     def counting_build(*a, **k):

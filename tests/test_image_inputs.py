@@ -164,3 +164,16 @@ def test_max_samples_of_a_class_sorted_folder_holds_every_class(tmp_path):
     split = SplitImages("imagefolder", "train", None, None, data_dir=str(tmp_path), max_samples=20)
     labels = [split.dataset[i]["label"] for i in range(len(split))]
     assert len(labels) == 20 and set(labels) == {0, 1, 2, 3}
+
+
+def test_split_aliases_share_one_cache_entry_and_mixed_sizes_are_refused(tmp_path):
+    from PIL import Image
+
+    assert SplitImages("fashion-mnist", "val", None, None, max_samples=4).description == \
+        SplitImages("fashion-mnist", "test", None, None, max_samples=4).description
+    for i, size in enumerate([(8, 8), (8, 8), (12, 10)]):
+        os.makedirs(tmp_path / "train" / "c", exist_ok=True)
+        Image.fromarray(np.zeros((*size, 3), np.uint8)).save(tmp_path / "train" / "c" / f"{i}.png")
+    with pytest.raises(ValueError, match="mixed sizes.*resolution"):
+        SplitImages("imagefolder", "train", None, None, data_dir=str(tmp_path))
+    assert len(SplitImages("imagefolder", "train", 8, "center", data_dir=str(tmp_path))) == 3

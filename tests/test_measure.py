@@ -101,3 +101,11 @@ def test_kid_and_pr_use_a_uniform_subset_of_a_large_reference(tmp_path):
     settings.reference_subset = None
     out, notes = measure.compute_metrics(samples, SimpleNamespace(has_statistics=False), ref_store, settings)
     assert out["kid_prc_reference_images"] == 30 and not notes
+
+
+def test_inception_score_alone_needs_no_reference_features():
+    from types import SimpleNamespace
+
+    split = SimpleNamespace(has_statistics=False, images=object(), spec="fashion-mnist-test")
+    assert measure.check_reference(split, MeasureSettings(metrics=("isc",))) is False
+    assert measure.check_reference(split, MeasureSettings(metrics=("isc", "fid"))) is True
