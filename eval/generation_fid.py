@@ -88,4 +88,16 @@ def evaluate_fid(output: str, reference: str, pipeline: str | None = None, sampl
         protocol.update({"samples": os.path.abspath(samples) if isinstance(samples, str) else "tensor"})
     meta = dict(source.description)
     meta.update(source.fingerprint())
-    return measure(source, meta, ref, output, settings, protocol, state=state)
+    return measure(source, meta, ref, output, settings, protocol, state=state, notes=_resolution_notes(source, ref))
+
+
+def _resolution_notes(source, ref) -> list[str]:
+    """A warning for the report when samples and reference images differ in size: the extractor
+    resizes both, so the distance then measures the resolution gap as well as the images."""
+    if ref.images is None:  # statistics only: the reference's resolution is not known
+        return []
+    sample_size, ref_size = tuple(source[0].shape[-2:]), tuple(ref.images[0].shape[-2:])
+    if sample_size == ref_size:
+        return []
+    return [f"samples are {sample_size[0]}x{sample_size[1]} but the reference images {ref_size[0]}x{ref_size[1]}: "
+            "both are resized to the feature extractor's input, so the metrics also measure the size gap"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from lcgen.data import build_dataset
+from lcgen.data import HUB_FACTS, build_dataset, hub_split
 from lcgen.data.fashion_mnist import DEBIAN_DIR
 from lcgen.data.transforms import adm_center_crop
 
@@ -207,7 +207,7 @@ def canonical_split(name: str, split: str) -> str:
     "test"), so a reference named either way is one cache entry."""
     if name == "fashion-mnist":
         return {"val": "test", "validation": "test"}.get(split, split)
-    return {"val": "validation"}.get(split, split)
+    return hub_split(name, {"val": "validation"}.get(split, split))
 
 
 class SplitImages(Dataset):
@@ -236,6 +236,8 @@ class SplitImages(Dataset):
                             "max_samples": max_samples, "images": len(self.dataset),
                             "subset": None if len(self.dataset) == self.split_images else
                             f"uniform without replacement over all {self.split_images:,} images, seed {SUBSET_SEED}"}
+        if HUB_FACTS.get(name, {}).get("note"):
+            self.description["note"] = HUB_FACTS[name]["note"]  # e.g. a Hub copy that is a subset
 
     def _check_one_size(self, name: str, split: str, probes: int = 64) -> None:
         """Native-size features need one image size: sizes of `probes` images spread over the split,

@@ -189,9 +189,10 @@ def check_reference(reference, settings: MeasureSettings) -> bool:
 
 
 def measure(source, source_meta: dict, reference, output: str, settings: MeasureSettings, protocol: dict,
-            batch_fn=None, state=None, device=None) -> dict | None:
+            batch_fn=None, state=None, device=None, notes: list[str] | None = None) -> dict | None:
     """Features of `source` (uint8 images; batch_fn maps its batches first) in <output>/features, the
-    reference's in the cache, metrics in <output>/report.json. Returns the report on the main process."""
+    reference's in the cache, metrics in <output>/report.json (with the caller's `notes` among its
+    warnings). Returns the report on the main process."""
     start = time.time()
     state = state or distributed_state()
     device = device or state.device
@@ -215,7 +216,8 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
         extract_all(jobs, settings, layers, state, device)
         if not state.is_main_process:
             return None
-        metrics, notes = compute_metrics(samples, reference, ref_store, settings)
+        metrics, metric_notes = compute_metrics(samples, reference, ref_store, settings)
+    notes = list(notes or []) + metric_notes
     if ref_store is not None and not settings.keep_reference_features and not ref_store.drop_shards():
         notes.append(f"reference features kept in {ref_store.folder}: another run is using them")
     for note in notes:

@@ -128,3 +128,23 @@ def test_fashion_mnist_falls_back_to_the_hub_and_explains_offline(monkeypatch):
     monkeypatch.setattr(d, "debian_files_present", lambda root=None: False)
     with pytest.raises(ValueError, match="zalando-datasets/fashion_mnist.*offline mode is on"):
         build_dataset("fashion-mnist", "train")
+
+
+def test_hub_facts_lsun_is_unconditional_and_celeba_names_its_validation_split(monkeypatch, tmp_path):
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    from lcgen.data import datasets as lcgen_datasets
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    tiny = datasets.Dataset.from_dict({"image": [str(tmp_path / "a.png")] * 3, "label": [3, 7, 15]}).cast(
+        datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=16)}))
+    asked = []
+    monkeypatch.setattr(lcgen_datasets, "_load_hub", lambda path, split, streaming, **kw: asked.append((path, split))
+                        or tiny)
+    church = build_dataset("lsun-church", "train")
+    assert [church[i]["label"] for i in range(3)] == [-1, -1, -1]  # its 16-value column is not a class
+    assert build_dataset("cifar10", "train")[1]["label"] == 7  # a real class column is kept
+    build_dataset("celeba", "validation")
+    assert asked[-1] == ("flwrlabs/celeba", "valid")

@@ -302,3 +302,17 @@ def test_bad_inputs_fail_before_work(classifier, tmp_path, case, match):
     with pytest.raises(ValueError, match=match):
         evaluate_fid(**kwargs)
     assert not os.path.exists(tmp_path / "e")  # nothing written
+
+
+def test_reference_of_another_resolution_is_named_in_the_report(classifier, tmp_path):
+    samples = write_npz(tmp_path / "s.npz", smooth_images(12, 0, size=32))
+    ref = write_npz(tmp_path / "r.npz", smooth_images(12, 1, size=28))
+    with pytest.warns(UserWarning, match="samples are 32x32 but the reference images 28x28"):
+        report = evaluate_fid(str(tmp_path / "e"), ref, samples=samples,
+                              settings=classifier_settings(classifier, tmp_path / "cache"))
+    assert any("32x32 but the reference images 28x28" in w for w in report["warnings"])
+    same = write_npz(tmp_path / "r32.npz", smooth_images(12, 1, size=32))
+    with pytest.warns(UserWarning):  # rank-deficient only
+        report = evaluate_fid(str(tmp_path / "e2"), same, samples=samples,
+                              settings=classifier_settings(classifier, tmp_path / "cache"))
+    assert not any("reference images" in w for w in report["warnings"])

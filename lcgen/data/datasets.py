@@ -30,6 +30,21 @@ HUB_IDS = {
     "celeba": "flwrlabs/celeba",
 }
 SPLIT_ALIASES = {"val": "validation", "validation": "test", "test": "validation"}  # tried when absent
+# What the Hub copies behind some short names are (from a review of those repositories; not checkable
+# offline): unconditional sets whose label-like column is not a class, subsets, per-dataset split names
+HUB_FACTS = {
+    "lsun-church": {"unconditional": True,
+                    "note": "tglcourse/lsun_church_train: a 119,915-image subset of LSUN church_outdoor train; "
+                            "its 16-value label column is not a class and is not used"},
+    "lsun-bedroom": {"unconditional": True,
+                     "note": "pcuenq/lsun-bedrooms: a 20% sample of LSUN bedroom train, not the whole set"},
+    "celeba": {"splits": {"val": "valid", "validation": "valid"}},
+}
+
+
+def hub_split(name: str, split: str) -> str:
+    """The split name the dataset behind `name` uses (CelebA's validation split is "valid")."""
+    return HUB_FACTS.get(name, {}).get("splits", {}).get(split, split)
 
 
 def _item_key(seed: int, epoch: int, index: int) -> int:
@@ -195,6 +210,7 @@ def build_dataset(name: str, split: str = "train", resolution: int | None = None
         path = "imagefolder"
     else:
         path, kwargs = HUB_IDS.get(name, name), {}
+        split = hub_split(name, split)
         if "/" not in path:
             raise ValueError(f"unknown dataset {name!r}: use one of {sorted(HUB_IDS)}, 'imagefolder' with data_dir, "
                              f"or a Hub id 'owner/name'")
@@ -211,6 +227,8 @@ def build_dataset(name: str, split: str = "train", resolution: int | None = None
             raise ValueError(f"{data_dir!r} has only a 'train' split (no {split}/ sub-folder), asked for {split!r}")
     ds = _load_hub(path, split, streaming, **kwargs)
     image_col, label_col = _image_and_label_columns(ds.features)
+    if HUB_FACTS.get(name, {}).get("unconditional"):
+        label_col = None  # e.g. LSUN church's label column: class-conditional training on it would be on noise
     if streaming:
         if max_samples:
             ds = ds.take(max_samples)
