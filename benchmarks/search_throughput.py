@@ -8,6 +8,7 @@ against an fp64 brute force on a sample of tokens. Ratios are against faiss (and
 
     python benchmarks/search_throughput.py                 # K in {1024, 16384, 100000}, D in {8, 768}
     python benchmarks/search_throughput.py --size smallest # K = 1024 only, quick
+    python benchmarks/search_throughput.py --size lc       # D = 8 at K in {16384, 100000} (the k-d tree's shapes)
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 SIZES = {
     "smallest": dict(codebooks=[1024], dims=[8, 768], tokens=4096),
     "full": dict(codebooks=[1024, 16384, 100000], dims=[8, 768], tokens=8192),
+    "lc": dict(codebooks=[16384, 100000], dims=[8], tokens=8192),  # VQGAN-LC's D' = 8, where "auto" is the k-d tree
 }
 METHODS = ("lcgen", "lcgen-brute", "faiss", "naive")  # "lcgen": method="auto" (k-d tree at small D, large K)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "`accelerate launch -m lcgen.eval.evaluate ...` in one process")
 
     b = sub.add_parser("benchmark-search", help="nearest-code search vs faiss and the naive full matrix")
-    b.add_argument("--size", choices=["smallest", "full"], default="full")
+    b.add_argument("--size", choices=["smallest", "lc", "full"], default="full")
     b.add_argument("--rounds", type=int, default=3)
     b.add_argument("--json", default=None)
     b.set_defaults(func=cmd_benchmark_search)
