@@ -96,8 +96,10 @@ def markdown_table(results: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         paper = PAPER.get(name)
-        rows.append(f"| {name} | {r['codebook_size']:,} | {r['train_utilisation']:.1%} ({r['train_tokens_per_code']:.0f}) | "
-                    f"{r['train_perplexity']:,.0f} | {r['test_utilisation']:.1%} ({r['test_tokens_per_code']:.1f}) | "
+        k = r["codebook_size"]
+        util = lambda u: f"{u:.1%}" if u >= 0.001 else f"{round(u * k)} codes"  # noqa: E731
+        rows.append(f"| {name} | {k:,} | {util(r['train_utilisation'])} ({r['train_tokens_per_code']:.0f}) | "
+                    f"{r['train_perplexity']:,.0f} | {util(r['test_utilisation'])} ({r['test_tokens_per_code']:.1f}) | "
                     f"{r['psnr']:.2f} | {r['ssim']:.4f} | {r['rfid']:.2f} | {r['scale_ratio_first']:.3g} → "
                     f"{r['scale_ratio_last']:.3g} | {r['train_seconds']:.0f} | "
                     f"{f'{paper[0]}% / {paper[1]}' if paper else '-'} |")
