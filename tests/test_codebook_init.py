@@ -63,13 +63,17 @@ def test_build_codebook_per_class_and_load_into_lc(tiny_clip, image_folder, tmp_
         assert f.metadata()["per_class"] == "True"
     q = build_quantizer("lc", dim=8, codebook_size=8, init_codebook=out)
     assert q.codebook.frozen.shape == (8, 24)
+    # a K that the classes do not divide: the first K mod C classes take one centre more
+    build_lc_codebook(tiny_clip, image_folder, codebook_size=7, output=out, per_class=True, epochs=1)
+    with safe_open(out, framework="pt") as f:
+        assert f.get_tensor("codebook").shape == (7, 24)
 
 
 def test_build_codebook_rejects_bad_requests_before_work(tiny_clip, image_folder, tmp_path):
     with pytest.raises(ValueError, match="safetensors"):
         build_lc_codebook(tiny_clip, image_folder, 8, str(tmp_path / "codebook.pth"))
-    with pytest.raises(ValueError, match="divisible"):
-        build_lc_codebook(tiny_clip, image_folder, 7, str(tmp_path / "c.safetensors"), per_class=True)
+    with pytest.raises(ValueError, match="at least one centre per class"):
+        build_lc_codebook(tiny_clip, image_folder, 1, str(tmp_path / "c.safetensors"), per_class=True)
     with pytest.raises(ValueError, match="image folder not found"):
         build_lc_codebook(tiny_clip, str(tmp_path / "nope"), 8, str(tmp_path / "c.safetensors"))
     assert not list(tmp_path.glob("*.safetensors"))
