@@ -27,9 +27,12 @@ INCEPTION = "inception-v3-compat"
 FASHION_MNIST = "lcgen-fashion-mnist"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 # features each metric reads: pool features for FID/KID/PR (ADM's precision/recall uses the same
-# Inception pool features, k=3), unbiased logits for the Inception Score (torch-fidelity's defaults)
-LAYERS = {INCEPTION: {"pool": "2048", "logits": "logits_unbiased"},
+# Inception pool features, k=3), unbiased logits for the Inception Score (torch-fidelity's defaults),
+# and for sFID ADM's spatial features (Inception only; see SpatialInception)
+SPATIAL = "spatial"
+LAYERS = {INCEPTION: {"pool": "2048", "logits": "logits_unbiased", "spatial": SPATIAL},
           FASHION_MNIST: {"pool": "features", "logits": "logits"}}
+SPATIAL_CHANNELS = 7  # ADM evaluator.py: spatial[..., :7]
 
 
 def default_inception_path() -> str:
@@ -105,11 +108,42 @@ class ExtractorSpec:
 
 
 def build_extractor(spec: ExtractorSpec, features: list[str], device: str | torch.device = "cpu"):
-    """A torch-fidelity feature extractor (uint8 (B, 3, H, W) in, a tuple of features out)."""
+    """A torch-fidelity feature extractor (uint8 (B, 3, H, W) in, a tuple of features out); with
+    SPATIAL among the features, torch-fidelity's Inception wrapped by `SpatialInception`."""
     kwargs = {"feature_extractor_weights_path": spec.weights_path, "verbose": False}
     if spec.name == INCEPTION:
         kwargs["feature_extractor_internal_dtype"] = spec.internal_dtype
-    return create_feature_extractor(spec.name, list(features), cuda=False, **kwargs).to(device)
+    features = list(features)
+    if SPATIAL in features:
+        if spec.name != INCEPTION:
+            raise ValueError(f"sFID's spatial features are Inception's; {spec.name!r} has none")
+        others = [f for f in features if f != SPATIAL] or ["2048"]
+        inner = create_feature_extractor(spec.name, others, cuda=False, **kwargs)
+        return SpatialInception(inner, features).to(device)
+    return create_feature_extractor(spec.name, features, cuda=False, **kwargs).to(device)
+
+
+class SpatialInception(torch.nn.Module):
+    """torch-fidelity's Inception plus ADM's sFID features: `mixed_6/conv:0` of the 2015 TF graph,
+    which is the 1x1 branch of the seventh mixed block, i.e. torch-fidelity's `Mixed_6d.branch1x1`
+    (pytorch-fid's weight conversion maps mixed_6/conv to Mixed_6d.branch1x1), after its ReLU, 192 x
+    17 x 17. ADM keeps the first 7 channels and flattens channels-last (h, w, c): so does this, so
+    ADM's reference `mu_s`/`sigma_s` line up feature for feature (2,023 of them)."""
+
+    def __init__(self, inner, features: list[str]):
+        super().__init__()
+        self.inner, self.features_list = inner, list(features)
+        self._captured = None
+        inner.Mixed_6d.branch1x1.register_forward_hook(self._capture)
+
+    def _capture(self, module, args, output):
+        x = output[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1)  # NHWC, as the TF graph's tensor
+        self._captured = x.reshape(len(x), -1).to(torch.float32)
+
+    def forward(self, x):
+        out = dict(zip(self.inner.features_list, self.inner(x)))
+        out[SPATIAL], self._captured = self._captured, None
+        return tuple(out[name] for name in self.features_list)
 
 
 @torch.no_grad()

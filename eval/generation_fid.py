@@ -12,12 +12,15 @@ import warnings
 
 import torch
 
-from .extractors import LAYERS, build_extractor
+from .extractors import LAYERS, SPATIAL_CHANNELS, build_extractor
 from .feature_store import rank_deficiency_warning
 from .image_inputs import UINT8_RULES, FolderImages, NpzImages, TensorImages
 from .measure import MeasureSettings, check_reference, distributed_state, feature_dim, measure
 from .reference import resolve_reference
 from .sampling import generate
+
+
+SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS  # Mixed_6d's grid at Inception's 299 x 299 input
 
 
 def _open_samples(samples, value_range):
@@ -70,6 +73,9 @@ def evaluate_fid(output: str, reference: str, pipeline: str | None = None, sampl
     if ref.has_statistics and len(ref.mu) != dim:
         raise ValueError(f"{reference!r} holds {len(ref.mu)}-dimensional statistics but {settings.extractor.name} "
                          f"gives {dim}-dimensional features: they cannot be compared")
+    if "sfid" in settings.metrics and ref.mu_s is not None and len(ref.mu_s) != SPATIAL_DIM:
+        raise ValueError(f"{reference!r} holds {len(ref.mu_s)}-dimensional spatial statistics (mu_s); ADM's sFID "
+                         f"features have {SPATIAL_DIM} (17 x 17 x {SPATIAL_CHANNELS})")
     n = num_samples if pipeline else len(source)
     if (note := rank_deficiency_warning(n, dim)) and state.is_main_process:  # warn before the long part
         warnings.warn(f"samples: {note}")

@@ -22,13 +22,13 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
-from .extractors import INCEPTION, LAYERS, ExtractorSpec, build_extractor
+from .extractors import INCEPTION, LAYERS, SPATIAL_CHANNELS, ExtractorSpec, build_extractor
 from .feature_store import SUBSET_SEED, FeatureStore, rank_deficiency_warning, uniform_subset
 from .fid import frechet_distance
 from .metrics.inception_score import ADM_SPLIT_SIZE, inception_score
 from .reference import default_cache_root
 
-METRICS = ("fid", "isc", "kid", "prc")
+METRICS = ("fid", "sfid", "isc", "kid", "prc")
 # how the Inception Score splits its samples, as each report names it
 IS_SPLITS = {"adm": f"ADM: consecutive {ADM_SPLIT_SIZE:,}-image parts in sample order, mean over parts "
                     "(guided-diffusion evaluations/evaluator.py)",
@@ -83,9 +83,19 @@ class MeasureSettings:
             raise ValueError(f"is_splits must be one of {sorted(IS_SPLITS)}, got {self.is_splits!r}")
         if self.batch_size <= 0 or self.shard_size <= 0 or self.kid_subset_size <= 1:
             raise ValueError("batch_size and shard_size must be > 0 and kid_subset_size > 1")
+        if "sfid" in metrics and "spatial" not in LAYERS.get(self.extractor.name, {}):
+            raise ValueError(f"sfid needs Inception's spatial features (ADM's mixed_6/conv); {self.extractor.name!r} "
+                             f"has none: use --feature-extractor {INCEPTION}")
         self.metrics = metrics
         self.extractor = self.extractor.resolve()  # weights present (or a clear error) before any work
         return self
+
+
+def metric_layers(settings: MeasureSettings) -> list[str]:
+    """The extractor layers a run stores: pool and logits always, the spatial features for sFID only
+    (they are as wide as the pool features, so they are not kept when no one asked)."""
+    names = LAYERS[settings.extractor.name]
+    return [names["pool"], names["logits"]] + ([names["spatial"]] if "sfid" in settings.metrics else [])
 
 
 def distributed_state():
@@ -127,6 +137,19 @@ def extract_all(stores_and_sources, settings: MeasureSettings, layers, state, de
     state.wait_for_everyone()
 
 
+def _frechet(samples: FeatureStore, reference, ref_store, layer: str, mu_key: str, sigma_key: str):
+    """The Fréchet distance of the samples' `layer` statistics to the reference's: its precomputed
+    ones (an ADM npz's mu/sigma, or mu_s/sigma_s for sFID) or those of its cached features."""
+    mu1, sigma1, n1 = samples.statistics(layer)
+    if reference.has_statistics:
+        mu2, sigma2, n2 = getattr(reference, mu_key), getattr(reference, sigma_key), None
+    else:
+        mu2, sigma2, n2 = ref_store.statistics(layer)
+    notes = [f"{who}: {w}" for n, who in ((n1, "samples"), (n2, "reference"))
+             if n is not None and (w := rank_deficiency_warning(n, len(mu1)))]
+    return frechet_distance(mu1, sigma1, mu2, sigma2), notes
+
+
 def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | None,
                     settings: MeasureSettings) -> tuple[dict, list[str]]:
     """The requested metrics of samples (input1, generated) against the reference (input2, real); each
@@ -134,20 +157,19 @@ def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | 
     pool, logits = LAYERS[settings.extractor.name]["pool"], LAYERS[settings.extractor.name]["logits"]
     out, notes = {}, []
     if "fid" in settings.metrics:
-        mu1, sigma1, n1 = samples.statistics(pool)
-        if reference.has_statistics:
-            mu2, sigma2, n2 = reference.mu, reference.sigma, None
-        else:
-            mu2, sigma2, n2 = ref_store.statistics(pool)
-        for n, who in ((n1, "samples"), (n2, "reference")):
-            if n is not None and (w := rank_deficiency_warning(n, len(mu1))):
-                notes.append(f"{who}: {w}")
-        out["fid"] = frechet_distance(mu1, sigma1, mu2, sigma2)
+        out["fid"], fd_notes = _frechet(samples, reference, ref_store, pool, "mu", "sigma")
+        notes += fd_notes
+        mu1, sigma1, _ = samples.statistics(pool)
+        mu2, sigma2 = ((reference.mu, reference.sigma) if reference.has_statistics else ref_store.statistics(pool)[:2])
         from torch_fidelity.metric_fid import fid_statistics_to_metric
 
         out["fid_torch_fidelity"] = fid_statistics_to_metric({"mu": mu1, "sigma": sigma1},
                                                              {"mu": mu2, "sigma": sigma2}, False)[
             "frechet_inception_distance"]
+    if "sfid" in settings.metrics:
+        out["sfid"], fd_notes = _frechet(samples, reference, ref_store, LAYERS[settings.extractor.name]["spatial"],
+                                         "mu_s", "sigma_s")
+        notes += [f"sFID {n}" for n in fd_notes]
     if "isc" in settings.metrics:
         if settings.is_splits == "adm":
             out["inception_score_mean"], out["inception_score_std"] = inception_score(samples.features(logits))
@@ -181,7 +203,10 @@ def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | 
 def check_reference(reference, settings: MeasureSettings) -> bool:
     """Whether the reference's images are needed (never for the Inception Score alone, which does not
     look at the reference); an error if they are and there are none."""
-    needs_images = bool({"kid", "prc"} & set(settings.metrics)) or ("fid" in settings.metrics
+    if "sfid" in settings.metrics and reference.has_statistics and reference.mu_s is None:
+        raise ValueError(f"sfid needs the reference's spatial statistics: {reference.spec!r} has mu/sigma but no "
+                         "mu_s/sigma_s (ADM's reference batches carry both); use a split or image reference")
+    needs_images = bool({"kid", "prc"} & set(settings.metrics)) or (bool({"fid", "sfid"} & set(settings.metrics))
                                                                      and not reference.has_statistics)
     if needs_images and reference.images is None:
         raise ValueError(f"KID and precision/recall need reference images; {reference.spec!r} holds only statistics")
@@ -197,14 +222,15 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
     state = state or distributed_state()
     device = device or state.device
     needs_ref_images = check_reference(reference, settings)
-    layers = [LAYERS[settings.extractor.name]["pool"], LAYERS[settings.extractor.name]["logits"]]
+    layers = metric_layers(settings)
     samples = FeatureStore(os.path.join(output, "features"),
                            {"images": source_meta, "extractor": settings.extractor.fingerprint(), "layers": layers},
                            len(source), settings.shard_size)
     jobs = [(samples, source, batch_fn)]
     ref_store = reference_store(reference, settings, layers) if needs_ref_images else None
     if ref_store is not None:
-        stats_ready = not {"kid", "prc"} & set(settings.metrics) and ref_store.has_statistics(layers[0])
+        stats_ready = not {"kid", "prc"} & set(settings.metrics) and all(
+            ref_store.has_statistics(layer) for layer in layers if layer != layers[1])
         if not stats_ready:
             jobs.append((ref_store, reference.images, None))
     if state.is_main_process:
@@ -234,6 +260,9 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
                            "num_images": len(source), "num_processes": state.num_processes,
                            "tf32": "disabled during feature extraction", "fid": "lcgen float64 eigh "
                            "(fid_torch_fidelity: torch-fidelity's eigvals on the same statistics)",
+                           "sfid": (f"ADM: Fréchet distance of mixed_6/conv (torch-fidelity Mixed_6d.branch1x1), "
+                                    f"first {SPATIAL_CHANNELS} channels, 17x17, flattened channels-last"
+                                    if "sfid" in settings.metrics else None),
                            "kid_subsets": 100 if "kid" in settings.metrics else None,
                            "inception_score_splits": IS_SPLITS[settings.is_splits] if "isc" in settings.metrics
                            else None},

@@ -6,7 +6,8 @@
   (or `preprocessing`), its statistics computed once and cached (eval.feature_store) under a key of
   dataset, split, resolution, preprocessing, data_dir and feature extractor (weights digest included).
 - a `.npz` with `mu` and `sigma`: precomputed statistics, loaded in float64 — e.g. ADM's
-  VIRTUAL_imagenet256_labeled.npz; if it also holds `arr_0` images (ADM's 10k), KID/PR use those.
+  VIRTUAL_imagenet256_labeled.npz; its `mu_s`/`sigma_s` (ADM's spatial statistics) serve sFID; if it
+  also holds `arr_0` images (ADM's 10k), KID/PR use those.
 - a `.npz` with `arr_0` only, or a folder of images: a set of reference images (cached like a split,
   keyed by path, with size and modification time as the staleness check).
 """
@@ -36,6 +37,8 @@ class Reference:
     images: object | None = None  # a uint8 image dataset (eval.image_inputs)
     mu: np.ndarray | None = None  # precomputed float64 statistics
     sigma: np.ndarray | None = None
+    mu_s: np.ndarray | None = None  # precomputed spatial statistics for sFID (ADM's mu_s, sigma_s)
+    sigma_s: np.ndarray | None = None
     description: dict = field(default_factory=dict)
 
     @property
@@ -49,10 +52,16 @@ def load_statistics_npz(path: str) -> Reference:
         mu, sigma = np.asarray(arrays["mu"], dtype=np.float64), np.asarray(arrays["sigma"], dtype=np.float64)
         if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
             raise ValueError(f"{path!r}: mu {mu.shape} and sigma {sigma.shape} are not a (D,), (D, D) pair")
+        mu_s = sigma_s = None
+        if {"mu_s", "sigma_s"} <= set(arrays.files):
+            mu_s, sigma_s = np.asarray(arrays["mu_s"], np.float64), np.asarray(arrays["sigma_s"], np.float64)
+            if mu_s.ndim != 1 or sigma_s.shape != (len(mu_s), len(mu_s)):
+                raise ValueError(f"{path!r}: mu_s {mu_s.shape} and sigma_s {sigma_s.shape} are not a (D,), (D, D) pair")
         images = NpzImages(path) if "arr_0" in arrays.files else None
         desc = {"source": "statistics", "path": os.path.abspath(path), "dim": int(len(mu)),
+                "spatial_dim": int(len(mu_s)) if mu_s is not None else None,
                 "reference_images_for_kid_prc": images.description["images"] if images else 0}
-        return Reference(path, images, mu, sigma, desc)
+        return Reference(path, images, mu, sigma, mu_s, sigma_s, desc)
     if "arr_0" in arrays.files:
         images = NpzImages(path)
         return Reference(path, images, description=images.description)

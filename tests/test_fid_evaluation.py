@@ -316,3 +316,55 @@ def test_reference_of_another_resolution_is_named_in_the_report(classifier, tmp_
         report = evaluate_fid(str(tmp_path / "e2"), same, samples=samples,
                               settings=classifier_settings(classifier, tmp_path / "cache"))
     assert not any("reference images" in w for w in report["warnings"])
+
+
+def adm_spatial_features(weights, images_u8):
+    """ADM's sFID features computed another way: the first 7 channels of torch-fidelity's whole
+    Mixed_6d output (its 1x1 branch comes first in the block's concatenation), channels-last."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights)
+    grabbed = []
+    model.Mixed_6d.register_forward_hook(lambda m, a, out: grabbed.append(out[:, :7].permute(0, 2, 3, 1)))
+    with torch.no_grad():
+        model(images_u8)
+    x = torch.cat(grabbed)
+    assert x.shape[1:] == (17, 17, 7)
+    return x.reshape(len(x), -1).double().numpy()
+
+
+@pytest.mark.slow
+def test_sfid_is_adm_spatial_frechet_and_uses_the_npz_mu_s(inception, tmp_path):
+    a, b = smooth_images(N, 0), smooth_images(N, 1, brightness=0.3)
+    settings = inception_settings(inception, tmp_path / "cache", ("fid", "sfid"))
+    write_folder(tmp_path / "a", a)
+    write_folder(tmp_path / "b", b)
+    report = evaluate_fid(str(tmp_path / "eval"), str(tmp_path / "b"), samples=str(tmp_path / "a"), settings=settings)
+    fa, fb = adm_spatial_features(inception, a), adm_spatial_features(inception, b)
+    expected = frechet_distance(fa.mean(0), np.cov(fa, rowvar=False), fb.mean(0), np.cov(fb, rowvar=False))
+    assert report["metrics"]["sfid"] == pytest.approx(expected, rel=1e-4)
+    assert report["metrics"]["sfid"] > 0 and "Mixed_6d.branch1x1" in report["protocol"]["sfid"]
+    # an ADM-style reference npz: its mu_s / sigma_s are what sFID compares with
+    npz = tmp_path / "ref.npz"
+    ref_pool = report_stats(tmp_path / "cache", "2048")
+    np.savez(npz, mu=ref_pool[0], sigma=ref_pool[1], mu_s=fb.mean(0), sigma_s=np.cov(fb, rowvar=False))
+    again = evaluate_fid(str(tmp_path / "eval2"), str(npz), samples=str(tmp_path / "a"), settings=settings)
+    assert again["metrics"]["sfid"] == pytest.approx(expected, rel=1e-4)
+    assert again["metrics"]["fid"] == pytest.approx(report["metrics"]["fid"], rel=1e-6)
+    np.savez(tmp_path / "no-spatial.npz", mu=ref_pool[0], sigma=ref_pool[1])
+    with pytest.raises(ValueError, match="no mu_s/sigma_s"):
+        evaluate_fid(str(tmp_path / "eval3"), str(tmp_path / "no-spatial.npz"), samples=str(tmp_path / "a"),
+                     settings=settings)
+    assert not (tmp_path / "eval3").exists()
+
+
+def report_stats(cache, layer):
+    """The reference's cached statistics of `layer` (the only entry of a fresh cache)."""
+    (path,) = cache.glob(f"*/stats-{layer}.npz")
+    with np.load(path) as z:
+        return z["mu"], z["sigma"]
+
+
+def test_sfid_needs_inception(classifier, tmp_path):
+    with pytest.raises(ValueError, match="sfid needs Inception"):
+        MeasureSettings(metrics=("sfid",), extractor=ExtractorSpec(FASHION_MNIST, classifier)).check()
