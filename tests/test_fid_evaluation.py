@@ -283,7 +283,7 @@ def test_bad_inputs_fail_before_work(classifier, tmp_path, case, match):
     settings = classifier_settings(classifier, tmp_path / "cache")
     kwargs = {"output": str(tmp_path / "e"), "reference": samples, "samples": samples, "settings": settings}
     if case == "metric":
-        kwargs["settings"] = classifier_settings(classifier, tmp_path / "cache", metrics=("fid", "sfid"))
+        kwargs["settings"] = classifier_settings(classifier, tmp_path / "cache", metrics=("fid", "ppl"))
     elif case == "both":
         kwargs["pipeline"] = str(tmp_path)
     elif case in ("no-count", "not-pipeline"):
