@@ -126,7 +126,8 @@ def build_extractor(spec: ExtractorSpec, features: list[str], device: str | torc
 class SpatialInception(torch.nn.Module):
     """torch-fidelity's Inception plus ADM's sFID features: `mixed_6/conv:0` of the 2015 TF graph,
     which is the 1x1 branch of the seventh mixed block, i.e. torch-fidelity's `Mixed_6d.branch1x1`
-    (pytorch-fid's weight conversion maps mixed_6/conv to Mixed_6d.branch1x1), after its ReLU, 192 x
+    (a public TF->PyTorch weight map sends mixed_6/conv to Mixed_6d.branch1x1, and guided-diffusion#109 agrees;
+    not run against ADM's TF evaluator here), after its ReLU, 192 x
     17 x 17. ADM keeps the first 7 channels and flattens channels-last (h, w, c): so does this, so
     ADM's reference `mu_s`/`sigma_s` line up feature for feature (2,023 of them)."""
 

@@ -147,7 +147,7 @@ def _frechet(samples: FeatureStore, reference, ref_store, layer: str, mu_key: st
         mu2, sigma2, n2 = ref_store.statistics(layer)
     notes = [f"{who}: {w}" for n, who in ((n1, "samples"), (n2, "reference"))
              if n is not None and (w := rank_deficiency_warning(n, len(mu1)))]
-    return frechet_distance(mu1, sigma1, mu2, sigma2), notes
+    return frechet_distance(mu1, sigma1, mu2, sigma2), notes, (mu1, sigma1, mu2, sigma2)
 
 
 def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | None,
@@ -157,17 +157,15 @@ def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | 
     pool, logits = LAYERS[settings.extractor.name]["pool"], LAYERS[settings.extractor.name]["logits"]
     out, notes = {}, []
     if "fid" in settings.metrics:
-        out["fid"], fd_notes = _frechet(samples, reference, ref_store, pool, "mu", "sigma")
+        out["fid"], fd_notes, (mu1, sigma1, mu2, sigma2) = _frechet(samples, reference, ref_store, pool, "mu", "sigma")
         notes += fd_notes
-        mu1, sigma1, _ = samples.statistics(pool)
-        mu2, sigma2 = ((reference.mu, reference.sigma) if reference.has_statistics else ref_store.statistics(pool)[:2])
         from torch_fidelity.metric_fid import fid_statistics_to_metric
 
         out["fid_torch_fidelity"] = fid_statistics_to_metric({"mu": mu1, "sigma": sigma1},
                                                              {"mu": mu2, "sigma": sigma2}, False)[
             "frechet_inception_distance"]
     if "sfid" in settings.metrics:
-        out["sfid"], fd_notes = _frechet(samples, reference, ref_store, LAYERS[settings.extractor.name]["spatial"],
+        out["sfid"], fd_notes, _ = _frechet(samples, reference, ref_store, LAYERS[settings.extractor.name]["spatial"],
                                          "mu_s", "sigma_s")
         notes += [f"sFID {n}" for n in fd_notes]
     if "isc" in settings.metrics:
@@ -229,8 +227,9 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
     jobs = [(samples, source, batch_fn)]
     ref_store = reference_store(reference, settings, layers) if needs_ref_images else None
     if ref_store is not None:
+        logits = LAYERS[settings.extractor.name]["logits"]  # the reference's logits are never read
         stats_ready = not {"kid", "prc"} & set(settings.metrics) and all(
-            ref_store.has_statistics(layer) for layer in layers if layer != layers[1])
+            ref_store.has_statistics(layer) for layer in layers if layer != logits)
         if not stats_ready:
             jobs.append((ref_store, reference.images, None))
     if state.is_main_process:
@@ -260,7 +259,7 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
                            "num_images": len(source), "num_processes": state.num_processes,
                            "tf32": "disabled during feature extraction", "fid": "lcgen float64 eigh "
                            "(fid_torch_fidelity: torch-fidelity's eigvals on the same statistics)",
-                           "sfid": (f"ADM: Fréchet distance of mixed_6/conv (torch-fidelity Mixed_6d.branch1x1), "
+                           "sfid": (f"ADM's definition: Fréchet distance of mixed_6/conv (torch-fidelity Mixed_6d.branch1x1), "
                                     f"first {SPATIAL_CHANNELS} channels, 17x17, flattened channels-last"
                                     if "sfid" in settings.metrics else None),
                            "kid_subsets": 100 if "kid" in settings.metrics else None,
