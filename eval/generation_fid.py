@@ -84,7 +84,7 @@ def evaluate_fid(output: str, reference: str, pipeline: str | None = None, sampl
         sample_dir = os.path.join(output, "samples")
         result = generate(pipeline, sample_dir, num_samples, sampling_batch_size or settings.batch_size, seed,
                           class_balanced, npz, uint8_rule=uint8_rule, overwrite_samples=overwrite_samples,
-                          **sample_kwargs)
+                          require_classes="class_fid" in settings.metrics, **sample_kwargs)
         source = FolderImages(sample_dir, names=[f"{i:06d}.png" for i in range(num_samples)])
         protocol.update({"pipeline": os.path.abspath(pipeline), "num_samples": num_samples, "seed": seed,
                          "labels": "class-balanced (i mod C)" if class_balanced else "uniform random per image",

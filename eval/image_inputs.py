@@ -11,10 +11,15 @@ extractors take. Every source is checked when opened, before any feature is comp
   `max_samples` keeps a fixed-seed uniform subset of the whole split (not its first, often
   class-sorted, images).
 - `as_uint8_images`: a tensor from Python, checked for dtype and declared range.
+
+Each source's `labels()` gives the class of every image (int64, in dataset order) or None when it has
+none, for per-class FID: a split's class column, an npz's `arr_1` (ADM's sample format), a sample
+folder's `samples.json` (written by eval.sampling).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import zipfile
 
@@ -74,10 +79,23 @@ def as_uint8_images(images: torch.Tensor, value_range: tuple[float, float] | Non
     return u8.expand(-1, 3, -1, -1) if u8.shape[1] == 1 else u8
 
 
+def _checked_labels(labels, n: int, where: str) -> np.ndarray | None:
+    """Labels as int64 (n,), or None when there are none (every label negative: unconditional)."""
+    if labels is None:
+        return None
+    out = np.asarray(labels)
+    if out.shape != (n,) or not np.issubdtype(out.dtype, np.integer):
+        raise ValueError(f"{where}: labels must be {n} integers, got shape {out.shape} of {out.dtype}")
+    return None if (out < 0).all() else out.astype(np.int64)
+
+
 class TensorImages(Dataset):
     def __init__(self, images: torch.Tensor, value_range=None):
         self.images = as_uint8_images(images, value_range).contiguous()
         self.description = {"source": "tensor", "images": len(self.images), "value_range": value_range}
+
+    def labels(self) -> None:
+        return None
 
     def fingerprint(self) -> dict:
         return {"sha256": hashlib.sha256(self.images.cpu().numpy().tobytes()).hexdigest()[:16]}
@@ -105,7 +123,7 @@ class FolderImages(Dataset):
             files = ([os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs] if recursive
                      else [os.path.join(folder, f) for f in os.listdir(folder)])
             files = sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS) and ".tmp." not in f)
-        self.files = files
+        self.files, self.folder, self.recursive = files, os.path.normpath(folder), recursive
         if not self.files:
             raise ValueError(f"no {'/'.join(IMAGE_EXTENSIONS)} images in {folder!r}")
         sizes: dict[tuple[int, int], list[str]] = {}
@@ -124,6 +142,26 @@ class FolderImages(Dataset):
         self.size = next(iter(sizes)) if len(sizes) == 1 else None
         self.description = {"source": "folder", "path": os.path.abspath(folder), "images": len(self.files),
                             "resolution": resolution, "crop": "adm" if resolution else None}
+
+    def labels(self) -> np.ndarray | None:
+        """The classes of the images: those eval.sampling drew for NNNNNN.png (samples.json beside them),
+        or, for a recursive folder of class sub-folders (ImageNet's train/val layout), the index of
+        each image's sub-folder in sorted order (torchvision ImageFolder's rule, which is ImageNet's
+        class order for synset folders). None otherwise."""
+        folders = {os.path.normpath(os.path.dirname(f)) for f in self.files}
+        path = os.path.join(self.folder, "samples.json")
+        if folders == {self.folder} and os.path.isfile(path):
+            with open(path) as f:
+                drawn = json.load(f).get("labels")
+            stems = [os.path.splitext(os.path.basename(f))[0] for f in self.files]
+            if not drawn or None in drawn or not all(s.isdigit() and int(s) < len(drawn) for s in stems):
+                return None
+            return _checked_labels([drawn[int(s)] for s in stems], len(self.files), path)
+        parents = [os.path.relpath(d, self.folder) for d in folders]
+        if not self.recursive or any(p == "." or os.sep in p for p in parents):
+            return None
+        index = {name: i for i, name in enumerate(sorted(parents))}
+        return np.array([index[os.path.basename(os.path.dirname(f))] for f in self.files], dtype=np.int64)
 
     def fingerprint(self) -> dict:
         stats = [os.stat(f) for f in self.files]
@@ -158,9 +196,15 @@ class NpzImages(Dataset):
             raise ValueError(f"{path!r}: {key} has shape {shape}, expected (N, H, W, 3) (channels last, as ADM)")
         if shape[0] == 0:
             raise ValueError(f"{path!r}: {key} holds no images")
-        self.path = path
+        self.path, self.labels_key = path, "arr_1" if "arr_1" in arrays.files else None
         self.description = {"source": "npz", "path": os.path.abspath(path), "images": int(shape[0]),
                             "size": [int(shape[2]), int(shape[1])]}
+
+    def labels(self) -> np.ndarray | None:
+        """ADM's sample npz: arr_1 holds the class of each image (-1 throughout for unconditional)."""
+        if self.labels_key is None:
+            return None
+        return _checked_labels(np.load(self.path, allow_pickle=False)[self.labels_key], len(self), self.path)
 
     def fingerprint(self) -> dict:
         s = os.stat(self.path)
@@ -225,11 +269,12 @@ class SplitImages(Dataset):
                                      data_dir=data_dir)
         if not hasattr(self.dataset, "__len__"):
             raise ValueError(f"{name!r} {split!r} is a streamed dataset; FID references need a map-style one")
-        self.split_images = len(self.dataset)
+        self.split_images, self.rows = len(self.dataset), None
         if resolution is None:
             self._check_one_size(name, split)
         if max_samples is not None and max_samples < self.split_images:
-            self.dataset = Subset(self.dataset, uniform_subset(self.split_images, max_samples).tolist())
+            self.rows = uniform_subset(self.split_images, max_samples)
+            self.dataset = Subset(self.dataset, self.rows.tolist())
         self.description = {"source": "dataset", "dataset": name, "split": canonical_split(name, split),
                             "resolution": resolution,
                             "preprocessing": preprocessing, "data_dir": os.path.abspath(data_dir) if data_dir else None,
@@ -251,6 +296,17 @@ class SplitImages(Dataset):
             seen = ", ".join(f"{h}x{w} (image {i})" for (h, w), i in sorted(sizes.items()))
             raise ValueError(f"{name} {split} has images of mixed sizes ({seen}): name a resolution "
                              f"(e.g. {name}-256-{split}) or pass --reference-resolution")
+
+    def labels(self) -> np.ndarray | None:
+        """The split's class column (None for a dataset without one, e.g. LSUN, FFHQ)."""
+        full = getattr(self.dataset, "dataset", self.dataset)
+        if getattr(full, "labels", None) is not None:  # Fashion-MNIST, in memory
+            labels = np.asarray(full.labels)
+        elif getattr(full, "label_column", None):  # a Hub dataset: one column read, no image decoded
+            labels = np.asarray(full.ds[full.label_column])
+        else:
+            return None
+        return _checked_labels(labels if self.rows is None else labels[self.rows], len(self), self.description["dataset"])
 
     def fingerprint(self) -> dict:
         inner = getattr(getattr(self.dataset, "dataset", self.dataset), "ds", None)

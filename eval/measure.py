@@ -22,13 +22,16 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
+from .class_fid import PROTOCOL as CLASS_FID_PROTOCOL
+from .class_fid import class_fid, require_labels
 from .extractors import INCEPTION, LAYERS, SPATIAL_CHANNELS, ExtractorSpec, build_extractor
 from .feature_store import SUBSET_SEED, FeatureStore, rank_deficiency_warning, uniform_subset
 from .fid import frechet_distance
 from .metrics.inception_score import ADM_SPLIT_SIZE, inception_score
 from .reference import default_cache_root
 
-METRICS = ("fid", "sfid", "isc", "kid", "prc")
+METRICS = ("fid", "sfid", "class_fid", "isc", "kid", "prc")
+NEEDS_REFERENCE_FEATURES = {"kid", "prc", "class_fid"}  # metrics read the reference's features, not only its statistics
 # how the Inception Score splits its samples, as each report names it
 IS_SPLITS = {"adm": f"ADM: consecutive {ADM_SPLIT_SIZE:,}-image parts in sample order, mean over parts "
                     "(guided-diffusion evaluations/evaluator.py)",
@@ -151,9 +154,10 @@ def _frechet(samples: FeatureStore, reference, ref_store, layer: str, mu_key: st
 
 
 def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | None,
-                    settings: MeasureSettings) -> tuple[dict, list[str]]:
+                    settings: MeasureSettings, labels: tuple | None = None) -> tuple[dict, list[str]]:
     """The requested metrics of samples (input1, generated) against the reference (input2, real); each
-    torch-fidelity metric module is imported only when its metric is asked for."""
+    torch-fidelity metric module is imported only when its metric is asked for. `labels`: the
+    (samples, reference) classes, for class_fid."""
     pool, logits = LAYERS[settings.extractor.name]["pool"], LAYERS[settings.extractor.name]["logits"]
     out, notes = {}, []
     if "fid" in settings.metrics:
@@ -168,6 +172,10 @@ def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | 
         out["sfid"], fd_notes, _ = _frechet(samples, reference, ref_store, LAYERS[settings.extractor.name]["spatial"],
                                          "mu_s", "sigma_s")
         notes += [f"sFID {n}" for n in fd_notes]
+    if "class_fid" in settings.metrics:
+        per_class, class_notes = class_fid(samples, labels[0], ref_store, labels[1], pool)
+        out.update(per_class)
+        notes += class_notes
     if "isc" in settings.metrics:
         if settings.is_splits == "adm":
             out["inception_score_mean"], out["inception_score_std"] = inception_score(samples.features(logits))
@@ -204,10 +212,13 @@ def check_reference(reference, settings: MeasureSettings) -> bool:
     if "sfid" in settings.metrics and reference.has_statistics and reference.mu_s is None:
         raise ValueError(f"sfid needs the reference's spatial statistics: {reference.spec!r} has mu/sigma but no "
                          "mu_s/sigma_s (ADM's reference batches carry both); use a split or image reference")
-    needs_images = bool({"kid", "prc"} & set(settings.metrics)) or (bool({"fid", "sfid"} & set(settings.metrics))
+    needs_images = bool(NEEDS_REFERENCE_FEATURES & set(settings.metrics)) or (bool({"fid", "sfid"} & set(settings.metrics))
                                                                      and not reference.has_statistics)
     if needs_images and reference.images is None:
-        raise ValueError(f"KID and precision/recall need reference images; {reference.spec!r} holds only statistics")
+        raise ValueError(f"KID, precision/recall and class_fid need reference images; {reference.spec!r} holds only "
+                         "statistics")
+    if "class_fid" in settings.metrics:
+        require_labels(reference.images.labels(), "reference", reference.spec)
     return needs_images
 
 
@@ -220,6 +231,10 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
     state = state or distributed_state()
     device = device or state.device
     needs_ref_images = check_reference(reference, settings)
+    labels = None
+    if "class_fid" in settings.metrics:
+        labels = (require_labels(source.labels(), "sample", source_meta.get("path", "the samples")),
+                  reference.images.labels())
     layers = metric_layers(settings)
     samples = FeatureStore(os.path.join(output, "features"),
                            {"images": source_meta, "extractor": settings.extractor.fingerprint(), "layers": layers},
@@ -228,7 +243,7 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
     ref_store = reference_store(reference, settings, layers) if needs_ref_images else None
     if ref_store is not None:
         logits = LAYERS[settings.extractor.name]["logits"]  # the reference's logits are never read
-        stats_ready = not {"kid", "prc"} & set(settings.metrics) and all(
+        stats_ready = not NEEDS_REFERENCE_FEATURES & set(settings.metrics) and all(
             ref_store.has_statistics(layer) for layer in layers if layer != logits)
         if not stats_ready:
             jobs.append((ref_store, reference.images, None))
@@ -241,7 +256,7 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
         extract_all(jobs, settings, layers, state, device)
         if not state.is_main_process:
             return None
-        metrics, metric_notes = compute_metrics(samples, reference, ref_store, settings)
+        metrics, metric_notes = compute_metrics(samples, reference, ref_store, settings, labels)
     notes = list(notes or []) + metric_notes
     if ref_store is not None and not settings.keep_reference_features and not ref_store.drop_shards():
         notes.append(f"reference features kept in {ref_store.folder}: another run is using them")
@@ -262,6 +277,7 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
                            "sfid": (f"ADM's definition: Fréchet distance of mixed_6/conv (torch-fidelity Mixed_6d.branch1x1), "
                                     f"first {SPATIAL_CHANNELS} channels, 17x17, flattened channels-last"
                                     if "sfid" in settings.metrics else None),
+                           "class_fid": CLASS_FID_PROTOCOL if "class_fid" in settings.metrics else None,
                            "kid_subsets": 100 if "kid" in settings.metrics else None,
                            "inception_score_splits": IS_SPLITS[settings.is_splits] if "isc" in settings.metrics
                            else None},

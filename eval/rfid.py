@@ -76,8 +76,9 @@ def evaluate_rfid(tokenizer: str, output: str, dataset: str = "imagenet", split:
     if not os.path.isfile(os.path.join(tokenizer, "config.json")):
         raise ValueError(f"{tokenizer!r} is not a saved VQTokenizer (no config.json); pass <run>/model")
     settings = (settings or MeasureSettings()).check()
-    if set(settings.metrics) - {"fid", "kid", "prc"}:
-        raise ValueError("rFID evaluates fid, kid and prc (the Inception Score is not a reconstruction metric)")
+    if set(settings.metrics) - {"fid", "class_fid", "kid", "prc"}:
+        raise ValueError("rFID evaluates fid, class_fid, kid and prc (the Inception Score is not a reconstruction "
+                         "metric)")
     state = distributed_state()
     if protocol == "adm":
         source = real = SplitImages(dataset, split, resolution, "adm", data_dir, max_samples)

@@ -109,9 +109,10 @@ def _check_resumable(output: str, settings: dict, overwrite: bool = False) -> No
 
 def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64, seed: int = 0,
              class_balanced: bool = False, npz: bool = False, device: str | None = None, uint8_rule: str = "round",
-             overwrite_samples: bool = False, **sample_kwargs) -> dict:
+             overwrite_samples: bool = False, require_classes: bool = False, **sample_kwargs) -> dict:
     """Make the missing images of [0, num_samples) on this rank; returns counts, the resolved sampling
-    settings (and the npz path)."""
+    settings (and the npz path). require_classes: refuse an unconditional pipeline before sampling
+    (per-class FID needs a class per image)."""
     from PIL import Image
 
     if num_samples <= 0 or batch_size <= 0:
@@ -120,6 +121,8 @@ def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64,
         raise ValueError(f"uint8_rule must be one of {sorted(UINT8_RULES)}, got {uint8_rule!r}")
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
     pipe = load_pipeline(pipeline)
+    if require_classes and not pipe.num_classes:
+        raise ValueError(f"{pipeline!r} is unconditional: class_fid needs a class-conditional pipeline")
     settings = {"pipeline": os.path.abspath(pipeline), "weights": weights_digest(pipe), "seed": seed,
                 "class_balanced": class_balanced, "sampling": resolved_sampling(pipe, sample_kwargs),
                 "uint8_rule": uint8_rule}

@@ -267,7 +267,7 @@ def test_missing_inception_weights_offline_fail_before_sampling(tmp_path, monkey
     ("both", "exactly one of"),
     ("no-count", "num_samples must be > 0"),
     ("not-pipeline", "not a saved lcgen pipeline"),
-    ("kid-on-stats", "KID and precision/recall need reference images"),
+    ("kid-on-stats", "KID, precision/recall and class_fid need reference images"),
     ("dims", "cannot be compared"),
     ("mixed", "mixed sizes"),
     ("float-npz", "expected uint8"),
