@@ -32,7 +32,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="feature-extraction batch (and sampling batch)")
     p.add_argument("--feature-extractor", default=INCEPTION, choices=sorted(LAYERS))
     p.add_argument("--inception-weights", "--feature-extractor-weights", dest="weights", default=None,
-                   help="local Inception .pth (torch-fidelity's format) or, for lcgen-fashion-mnist, the classifier folder")
+                   help="local Inception .pth (torch-fidelity's format); for lcgen-fashion-mnist, the classifier folder; "
+                   "for dinov2-vit-*-14 (FD-DINOv2), the official dinov2_vit?14_pretrain.pth or a transformers folder")
     p.add_argument("--float64-features", action="store_true", help="Inception internals in float64 (batch-size "
                    "independent features, slower)")
     p.add_argument("--cache-dir", default=None, help="reference statistics cache (default ~/.cache/lcgen/fid-references "

@@ -6,6 +6,9 @@ resolved (and fingerprinted) before any long work starts.
   $TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth, else a download. Offline
   with neither, `build_extractor` raises a ValueError saying where to put the file.
 - "lcgen-fashion-mnist": lcgen's classifier (eval/feature_extractors.py); weights_path = its folder.
+- "dinov2-vit-{s,b,l,g}-14" (FD-DINOv2): torch-fidelity's DINOv2 extractor on local weights
+  (eval/dinov2.py); weights_path = the official .pth or a transformers folder. Pool features only
+  (the CLS token): no logits, so no Inception Score, and no sFID.
 
 `make_random_inception_weights` writes a test-only Inception whose BatchNorm statistics are
 recalibrated on random images (a freshly initialised one maps every image to ~0 features, so FID
@@ -22,6 +25,8 @@ import torch
 from torch_fidelity.utils import create_feature_extractor
 
 from . import feature_extractors  # noqa: F401  registers lcgen's Fashion-MNIST extractor with torch-fidelity
+from .dinov2 import ARCHS as DINOV2_MODELS
+from .dinov2 import LocalDinoV2
 
 INCEPTION = "inception-v3-compat"
 FASHION_MNIST = "lcgen-fashion-mnist"
@@ -31,7 +36,8 @@ INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 # and for sFID ADM's spatial features (Inception only; see SpatialInception)
 SPATIAL = "spatial"
 LAYERS = {INCEPTION: {"pool": "2048", "logits": "logits_unbiased", "spatial": SPATIAL},
-          FASHION_MNIST: {"pool": "features", "logits": "logits"}}
+          FASHION_MNIST: {"pool": "features", "logits": "logits"},
+          **{name: {"pool": "dinov2"} for name in DINOV2_MODELS}}
 SPATIAL_CHANNELS = 7  # ADM evaluator.py: spatial[..., :7]
 
 
@@ -82,6 +88,13 @@ class ExtractorSpec:
                                  f"(`lcgen train-classifier`), got {self.weights_path!r}")
             folder_digest(self.weights_path)
             return self
+        if self.name in DINOV2_MODELS:
+            if not self.weights_path or not (os.path.isfile(self.weights_path) or os.path.isfile(
+                    os.path.join(self.weights_path, "config.json"))):
+                raise ValueError(f"{self.name} needs --feature-extractor-weights = the official "
+                                 f"dinov2_vit?14_pretrain.pth or a transformers Dinov2Model folder, got "
+                                 f"{self.weights_path!r} (torch-fidelity's hub download is not used)")
+            return self
         path = self.weights_path or default_inception_path()
         if not os.path.isfile(path):
             if self.weights_path:
@@ -100,7 +113,7 @@ class ExtractorSpec:
 
     def fingerprint(self) -> dict:
         """Identifies the features: torch-fidelity's own cache key omits the weights, this does not."""
-        if self.name == FASHION_MNIST:
+        if self.name == FASHION_MNIST or os.path.isdir(self.weights_path):
             digest = folder_digest(self.weights_path)
         else:
             digest = file_digest(self.weights_path)
@@ -111,6 +124,8 @@ def build_extractor(spec: ExtractorSpec, features: list[str], device: str | torc
     """A torch-fidelity feature extractor (uint8 (B, 3, H, W) in, a tuple of features out); with
     SPATIAL among the features, torch-fidelity's Inception wrapped by `SpatialInception`."""
     kwargs = {"feature_extractor_weights_path": spec.weights_path, "verbose": False}
+    if spec.name in DINOV2_MODELS:  # not through torch-fidelity's registry, whose DINOv2 loads from the hub
+        return LocalDinoV2(spec.name, list(features), spec.weights_path, spec.internal_dtype).to(device)
     if spec.name == INCEPTION:
         kwargs["feature_extractor_internal_dtype"] = spec.internal_dtype
     features = list(features)

@@ -36,6 +36,11 @@ NEEDS_REFERENCE_FEATURES = {"kid", "prc", "class_fid"}  # metrics read the refer
 IS_SPLITS = {"adm": f"ADM: consecutive {ADM_SPLIT_SIZE:,}-image parts in sample order, mean over parts "
                     "(guided-diffusion evaluations/evaluator.py)",
              "torch-fidelity": "torch-fidelity: 10 equal parts after a shuffle with seed 2020"}
+# how each extractor brings the uint8 images to its input, as the report names it
+EXTRACTOR_INPUT = {INCEPTION: "TF1-compatible bilinear to 299x299 inside torch-fidelity's Inception, no antialiasing",
+                   "lcgen-fashion-mnist": "grayscale, bilinear (antialiased) to 28x28",
+                   "dinov2": "TF1-compatible bilinear to 224x224, ImageNet mean/std (torch-fidelity's DINOv2 "
+                             "preprocessing; dgm-eval resizes with PIL instead, its pil_resize); features: the CLS token"}
 MIN_TORCH_FIDELITY = (0, 4, 0)  # 0.3 has no precision/recall and ignores the float64 switch
 
 
@@ -86,6 +91,9 @@ class MeasureSettings:
             raise ValueError(f"is_splits must be one of {sorted(IS_SPLITS)}, got {self.is_splits!r}")
         if self.batch_size <= 0 or self.shard_size <= 0 or self.kid_subset_size <= 1:
             raise ValueError("batch_size and shard_size must be > 0 and kid_subset_size > 1")
+        if "isc" in metrics and "logits" not in LAYERS.get(self.extractor.name, {"logits": None}):
+            raise ValueError(f"the Inception Score needs class logits; {self.extractor.name!r} gives only features "
+                             f"(use --feature-extractor {INCEPTION})")
         if "sfid" in metrics and "spatial" not in LAYERS.get(self.extractor.name, {}):
             raise ValueError(f"sfid needs Inception's spatial features (ADM's mixed_6/conv); {self.extractor.name!r} "
                              f"has none: use --feature-extractor {INCEPTION}")
@@ -98,7 +106,8 @@ def metric_layers(settings: MeasureSettings) -> list[str]:
     """The extractor layers a run stores: pool and logits always, the spatial features for sFID only
     (they are as wide as the pool features, so they are not kept when no one asked)."""
     names = LAYERS[settings.extractor.name]
-    return [names["pool"], names["logits"]] + ([names["spatial"]] if "sfid" in settings.metrics else [])
+    return [names["pool"]] + ([names["logits"]] if "logits" in names else []) + (
+        [names["spatial"]] if "sfid" in settings.metrics else [])
 
 
 def distributed_state():
@@ -158,7 +167,7 @@ def compute_metrics(samples: FeatureStore, reference, ref_store: FeatureStore | 
     """The requested metrics of samples (input1, generated) against the reference (input2, real); each
     torch-fidelity metric module is imported only when its metric is asked for. `labels`: the
     (samples, reference) classes, for class_fid."""
-    pool, logits = LAYERS[settings.extractor.name]["pool"], LAYERS[settings.extractor.name]["logits"]
+    pool, logits = LAYERS[settings.extractor.name]["pool"], LAYERS[settings.extractor.name].get("logits")
     out, notes = {}, []
     if "fid" in settings.metrics:
         out["fid"], fd_notes, (mu1, sigma1, mu2, sigma2) = _frechet(samples, reference, ref_store, pool, "mu", "sigma")
@@ -242,7 +251,7 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
     jobs = [(samples, source, batch_fn)]
     ref_store = reference_store(reference, settings, layers) if needs_ref_images else None
     if ref_store is not None:
-        logits = LAYERS[settings.extractor.name]["logits"]  # the reference's logits are never read
+        logits = LAYERS[settings.extractor.name].get("logits")  # the reference's logits are never read
         stats_ready = not NEEDS_REFERENCE_FEATURES & set(settings.metrics) and all(
             ref_store.has_statistics(layer) for layer in layers if layer != logits)
         if not stats_ready:
@@ -268,9 +277,7 @@ def measure(source, source_meta: dict, reference, output: str, settings: Measure
               "protocol": {**protocol, "reference": {"spec": reference.spec, **reference.description},
                            "feature_extractor": {**settings.extractor.fingerprint(), "layers": layers,
                                                  "weights_path": settings.extractor.weights_path},
-                           "inception_resize": ("TF1-compatible bilinear to 299x299 inside torch-fidelity's "
-                                                "Inception, no antialiasing" if settings.extractor.name == INCEPTION
-                                                else "grayscale, bilinear (antialiased) to 28x28"),
+                           "inception_resize": EXTRACTOR_INPUT.get(settings.extractor.name, EXTRACTOR_INPUT["dinov2"]),
                            "num_images": len(source), "num_processes": state.num_processes,
                            "tf32": "disabled during feature extraction", "fid": "lcgen float64 eigh "
                            "(fid_torch_fidelity: torch-fidelity's eigvals on the same statistics)",

@@ -68,3 +68,8 @@ def test_cli_reports_bad_input_in_one_line(models, tmp_path, capsys):
     with pytest.raises(SystemExit, match="metrics must be"):
         main(["evaluate", "fid", "--samples", str(models / "ref.npz"), "--output", str(tmp_path / "e"),
               "--metrics", "fid,fvd", *common(models, tmp_path)])
+    with pytest.raises(SystemExit, match="dinov2-vit-l-14 needs --feature-extractor-weights"):
+        main(["evaluate", "fid", "--samples", str(models / "ref.npz"), "--output", str(tmp_path / "e"),
+              "--reference", str(models / "ref.npz"), "--feature-extractor", "dinov2-vit-l-14",
+              "--cache-dir", str(tmp_path / "cache")])
+    assert not (tmp_path / "e").exists()
