@@ -39,6 +39,7 @@ LAYERS = {INCEPTION: {"pool": "2048", "logits": "logits_unbiased", "spatial": SP
           FASHION_MNIST: {"pool": "features", "logits": "logits"},
           **{name: {"pool": "dinov2"} for name in DINOV2_MODELS}}
 SPATIAL_CHANNELS = 7  # ADM evaluator.py: spatial[..., :7]
+SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS  # Mixed_6d's grid at Inception's 299 x 299 input
 
 
 def default_inception_path() -> str:

@@ -12,15 +12,12 @@ import warnings
 
 import torch
 
-from .extractors import LAYERS, SPATIAL_CHANNELS, build_extractor
+from .extractors import LAYERS, SPATIAL_CHANNELS, SPATIAL_DIM, build_extractor
 from .feature_store import rank_deficiency_warning
 from .image_inputs import UINT8_RULES, FolderImages, NpzImages, TensorImages
 from .measure import MeasureSettings, check_reference, distributed_state, feature_dim, measure
 from .reference import resolve_reference
 from .sampling import generate
-
-
-SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS  # Mixed_6d's grid at Inception's 299 x 299 input
 
 
 def _open_samples(samples, value_range):

@@ -46,17 +46,21 @@ class Reference:
         return self.mu is not None
 
 
+def _statistics_pair(arrays, path: str, mu_key: str, sigma_key: str):
+    """A (D,), (D, D) float64 pair from the npz, or (None, None) when it does not hold these keys."""
+    if not {mu_key, sigma_key} <= set(arrays.files):
+        return None, None
+    mu, sigma = np.asarray(arrays[mu_key], dtype=np.float64), np.asarray(arrays[sigma_key], dtype=np.float64)
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise ValueError(f"{path!r}: {mu_key} {mu.shape} and {sigma_key} {sigma.shape} are not a (D,), (D, D) pair")
+    return mu, sigma
+
+
 def load_statistics_npz(path: str) -> Reference:
     arrays = open_npz(path)
     if {"mu", "sigma"} <= set(arrays.files):
-        mu, sigma = np.asarray(arrays["mu"], dtype=np.float64), np.asarray(arrays["sigma"], dtype=np.float64)
-        if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
-            raise ValueError(f"{path!r}: mu {mu.shape} and sigma {sigma.shape} are not a (D,), (D, D) pair")
-        mu_s = sigma_s = None
-        if {"mu_s", "sigma_s"} <= set(arrays.files):
-            mu_s, sigma_s = np.asarray(arrays["mu_s"], np.float64), np.asarray(arrays["sigma_s"], np.float64)
-            if mu_s.ndim != 1 or sigma_s.shape != (len(mu_s), len(mu_s)):
-                raise ValueError(f"{path!r}: mu_s {mu_s.shape} and sigma_s {sigma_s.shape} are not a (D,), (D, D) pair")
+        mu, sigma = _statistics_pair(arrays, path, "mu", "sigma")
+        mu_s, sigma_s = _statistics_pair(arrays, path, "mu_s", "sigma_s")
         images = NpzImages(path) if "arr_0" in arrays.files else None
         desc = {"source": "statistics", "path": os.path.abspath(path), "dim": int(len(mu)),
                 "spatial_dim": int(len(mu_s)) if mu_s is not None else None,
