@@ -147,3 +147,21 @@ def test_65536_tokens_against_100k_codes_under_1gb():
     full_matrix = 65536 * 100000 * 4
     assert extra < 1 << 30, f"extra peak memory {extra / 2**20:.0f} MiB"
     assert extra < full_matrix / 20
+
+
+@pytest.mark.parametrize("distance", ["l2", "cos"])
+def test_running_best_returns_the_two_smallest_scores_over_many_blocks(distance):
+    """Best and runner-up of the blocked pass (indices and runner-ups computed only for rows a block
+    changes) against a sort of the whole score matrix; small blocks so most rows skip most blocks."""
+    from lcgen.tokenizer.quantizers.blocked_search import prepare_queries, running_best
+
+    g = torch.Generator().manual_seed(0)
+    x, codes = torch.randn(300, 16, generator=g), torch.randn(5000, 16, generator=g)
+    q = prepare_queries(x, distance)
+    best, idx, second = running_best(q, codes, distance, 64 * 1024, code_block=128)
+    c = codes if distance == "l2" else torch.nn.functional.normalize(codes, dim=1)
+    scores = c.pow(2).sum(1) - 2 * q @ c.t() if distance == "l2" else -(q @ c.t())
+    top2 = scores.sort(dim=1).values[:, :2]
+    torch.testing.assert_close(best, top2[:, 0], rtol=0, atol=1e-4)
+    torch.testing.assert_close(second, top2[:, 1], rtol=0, atol=1e-4)
+    assert (scores.gather(1, idx[:, None]).squeeze(1) - top2[:, 0]).abs().max() < 1e-4
