@@ -8,6 +8,7 @@ prior, and keeps `id2label` (and the other non-module settings) in `model_index.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
@@ -20,6 +21,15 @@ from huggingface_hub import HfApi
 from .model_card import write_model_card
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+def check_number(name: str, value, minimum: float | None = None) -> None:
+    """A finite real number (not a bool) at least `minimum`, or a clear error: NaN would otherwise pass
+    every comparison and fail only after sampling started."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be a number >= {minimum}, got {value!r}")
 
 
 class LCGenPipeline(DiffusionPipeline):
@@ -88,13 +98,17 @@ class LCGenPipeline(DiffusionPipeline):
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if guidance_scale is not None:
-            if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-                raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+            check_number("guidance_scale", guidance_scale, minimum=0)
             if self.num_classes == 0 and guidance_scale != 1.0:
                 raise ValueError(f"guidance_scale={guidance_scale} needs a class-conditional model; this one is "
                                  f"unconditional (num_classes=0): leave guidance_scale unset or 1.0")
         if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps <= 0):
             raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+        gens = generator if isinstance(generator, list) else [generator]
+        if generator is not None and not all(isinstance(g, torch.Generator) for g in gens):
+            raise TypeError(f"generator must be a torch.Generator or a list of them, got "
+                            f"{[type(g).__name__ for g in gens] if isinstance(generator, list) else type(generator).__name__}"
+                            " (seed one with torch.Generator().manual_seed(n))")
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got a list of {len(generator)} generators for {batch} images: pass one generator "
                              f"or exactly one per image")

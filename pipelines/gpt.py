@@ -12,7 +12,7 @@ from lcgen.priors.published import gpt_from_llamagen, parse_llamagen_name
 from lcgen.tokenizer.model import VQTokenizer
 from lcgen.tokenizer.published import llamagen_vq_model, tokenizer_from_llamagen
 
-from .base import LCGenPipeline
+from .base import LCGenPipeline, check_number
 from .imagenet import imagenet_id2label
 
 # LlamaGen's autoregressive/sample/sample_c2i.py defaults
@@ -52,8 +52,8 @@ class VQGPTPipeline(LCGenPipeline):
 
     def check_inputs(self, batch, guidance_scale, temperature, top_k, top_p, generator, output_type):
         self._check_common(batch, guidance_scale, generator, output_type)
-        if temperature is not None and (not isinstance(temperature, (int, float)) or temperature < 0):
-            raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+        if temperature is not None:
+            check_number("temperature (0 = greedy)", temperature, minimum=0)
         if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
             raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
         if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):

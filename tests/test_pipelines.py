@@ -78,6 +78,23 @@ def test_bad_inputs(pipe, kwargs, match):
         pipe(**kwargs)
 
 
+@pytest.mark.parametrize("family", ["gpt", "ldm", "dit", "sit"])
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"generator": 5}, TypeError, "generator must be a torch.Generator"),
+    ({"generator": [torch.Generator(), "seed"]}, TypeError, "generator must be a torch.Generator"),
+    ({"guidance_scale": float("nan")}, ValueError, "guidance_scale must be a finite number"),
+    ({"guidance_scale": float("inf")}, ValueError, "guidance_scale must be a finite number"),
+    ({"guidance_scale": True}, ValueError, "guidance_scale must be a finite number"),
+])
+def test_non_finite_numbers_and_wrong_generators_fail_before_sampling(family, kwargs, error, match, monkeypatch):
+    """Found by hand in issue 17: these reached diffusers or the sampling loop before failing."""
+    pipe = tiny_pipeline(family)
+    model = pipe.transformer if family == "gpt" else pipe.denoiser
+    monkeypatch.setattr(model, "forward", lambda *a, **k: pytest.fail("the model ran before the input was checked"))
+    with pytest.raises(error, match=match):
+        pipe(class_id=[1, 1] if "generator" in kwargs and isinstance(kwargs["generator"], list) else 1, **kwargs)
+
+
 @pytest.mark.parametrize("steps", [0, -3, 2.5])
 @pytest.mark.parametrize("family", ["ldm", "dit", "sit"])
 def test_bad_step_counts(family, steps):
@@ -86,6 +103,8 @@ def test_bad_step_counts(family, steps):
 
 
 @pytest.mark.parametrize("kwargs,match", [({"temperature": -1.0}, "temperature"), ({"top_k": -2}, "top_k"),
+                                          ({"temperature": float("nan")}, "temperature .* must be a finite number"),
+                                          ({"temperature": float("inf")}, "temperature .* must be a finite number"),
                                           ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p")])
 def test_bad_gpt_sampling_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
