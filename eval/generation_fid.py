@@ -49,7 +49,6 @@ def evaluate_fid(output: str, reference: str, pipeline: str | None = None, sampl
             as eval.sampling.generate.
         data_dir, preprocessing, reference_resolution, reference_max_samples: for split references.
     """
-    settings = (settings or MeasureSettings()).check()
     if uint8_rule not in UINT8_RULES:
         raise ValueError(f"uint8_rule must be one of {sorted(UINT8_RULES)}, got {uint8_rule!r}")
     if (pipeline is None) == (samples is None):
@@ -61,6 +60,14 @@ def evaluate_fid(output: str, reference: str, pipeline: str | None = None, sampl
             raise ValueError(f"{pipeline!r} is not a saved lcgen pipeline (no model_index.json)")
     elif sample_kwargs or num_samples:
         raise ValueError("num_samples and sampling options apply to a pipeline, not to existing samples")
+    if isinstance(samples, str) and not os.path.exists(samples):
+        raise FileNotFoundError(f"samples do not exist: {samples}")
+    if isinstance(reference, str) and (reference.endswith(".npz") or os.sep in reference) \
+            and not os.path.exists(reference):  # a file or folder, not a split name
+        raise FileNotFoundError(f"reference does not exist: {reference}")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(f"output {output!r} exists and is not a folder")
+    settings = (settings or MeasureSettings()).check()  # after the cheap checks: it resolves the extractor's weights
     ref = resolve_reference(reference, data_dir, preprocessing, reference_resolution, reference_max_samples)
     check_reference(ref, settings)
     source = None if pipeline is not None else _open_samples(samples, value_range)

@@ -119,8 +119,11 @@ def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64,
         raise ValueError(f"num_samples and batch_size must be > 0, got {num_samples} and {batch_size}")
     if uint8_rule not in UINT8_RULES:
         raise ValueError(f"uint8_rule must be one of {sorted(UINT8_RULES)}, got {uint8_rule!r}")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(f"output {output!r} exists and is not a folder")
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
     pipe = load_pipeline(pipeline)
+    pipe.check_sampling(**sample_kwargs)  # a bad option fails here, not after samples.json is written
     if require_classes and not pipe.num_classes:
         raise ValueError(f"{pipeline!r} is unconditional: class_fid needs a class-conditional pipeline")
     settings = {"pipeline": os.path.abspath(pipeline), "weights": weights_digest(pipe), "seed": seed,

@@ -70,6 +70,8 @@ def cmd_train_prior(args, extra):
 def cmd_sample(args):
     if args.num_images <= 0:
         raise ValueError(f"--num-images must be > 0, got {args.num_images}")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ValueError(f"--output {args.output} exists and is not a folder")
     device = default_device(args.device)
     pipe = load_pipeline(args.pipeline).to(device)
     class_ids = None

@@ -34,7 +34,7 @@ def load_checkpoint(path: str) -> dict:
     except pickle.UnpicklingError as e:
         raise ValueError(f"refusing to open {path}: it needs more than tensors and plain types to unpickle "
                          f"({str(e).splitlines()[0]}); lcgen only loads weights-only pickles") from None
-    except (RuntimeError, EOFError) as e:
+    except Exception as e:  # noqa: BLE001  torch.load of a foreign file fails in many ways (RuntimeError, EOFError, IndexError ...)
         raise ValueError(f"{path} is not a readable torch checkpoint (truncated or another format): {e}") from None
 
 

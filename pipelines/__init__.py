@@ -34,8 +34,10 @@ register_with_diffusers(PIPELINES.values(), [c.__module__ for c in (VQTokenizer,
 def load_pipeline(path: str, **kwargs):
     """Any saved lcgen pipeline (a folder or a Hub repo id); a folder of another library's pipeline is
     refused with its class name before any weights load."""
-    if os.path.isdir(path):
-        index = os.path.join(path, "model_index.json")
+    if os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path):  # a folder, not a Hub id
+        index = os.path.join(os.path.expanduser(path), "model_index.json")
+        if not os.path.isfile(index):
+            raise FileNotFoundError(f"{path} is not a saved pipeline folder (no model_index.json)")
     else:
         hub = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
         index = hf_hub_download(path, "model_index.json", **hub)

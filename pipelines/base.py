@@ -8,6 +8,7 @@ prior, and keeps `id2label` (and the other non-module settings) in `model_index.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import tempfile
@@ -102,7 +103,8 @@ class LCGenPipeline(DiffusionPipeline):
             if self.num_classes == 0 and guidance_scale != 1.0:
                 raise ValueError(f"guidance_scale={guidance_scale} needs a class-conditional model; this one is "
                                  f"unconditional (num_classes=0): leave guidance_scale unset or 1.0")
-        if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps <= 0):
+        if num_inference_steps is not None and (not isinstance(num_inference_steps, int)
+                                                or isinstance(num_inference_steps, bool) or num_inference_steps <= 0):
             raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
         gens = generator if isinstance(generator, list) else [generator]
         if generator is not None and not all(isinstance(g, torch.Generator) for g in gens):
@@ -112,6 +114,22 @@ class LCGenPipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got a list of {len(generator)} generators for {batch} images: pass one generator "
                              f"or exactly one per image")
+
+    # the per-image arguments of __call__; everything else is a sampling option
+    PER_CALL = ("class_id", "num_images_per_class", "generator", "output_type", "return_dict")
+
+    def check_sampling(self, **options) -> None:
+        """Refuse, without sampling, the sampling options `__call__` would refuse: a caller that
+        draws many batches (eval.sampling.generate) checks them once before any image or file."""
+        allowed = [k for k in inspect.signature(self.__call__).parameters if k not in self.PER_CALL]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no sampling option(s) {unknown}; it takes {allowed}")
+        self._check_common(1, options.get("guidance_scale"), None, "pt", options.get("num_inference_steps"))
+        self._check_options(**{k: v for k, v in options.items() if k not in ("guidance_scale", "num_inference_steps")})
+
+    def _check_options(self, **options) -> None:
+        """The family's own sampling options (temperature, eta, sampling_method ...)."""
 
     def _guidance(self, guidance_scale) -> float:
         if self.num_classes == 0:

@@ -106,6 +106,10 @@ class NoisePredictionPipeline(LatentPipeline):
         if eta and "eta" not in inspect.signature(self.scheduler.step).parameters:
             raise ValueError(f"eta={eta} needs a DDIM scheduler; {type(self.scheduler).__name__} has no eta")
 
+    def _check_options(self, eta=None) -> None:
+        if eta is not None:
+            self._check_eta(eta)
+
     def default_sampling(self) -> dict:
         return {"guidance_scale": self.config.guidance_scale, "num_inference_steps": self.config.num_inference_steps,
                 "scheduler": type(self.scheduler).__name__, "eta": self.config.get("eta", 0.0)}

@@ -52,9 +52,12 @@ class VQGPTPipeline(LCGenPipeline):
 
     def check_inputs(self, batch, guidance_scale, temperature, top_k, top_p, generator, output_type):
         self._check_common(batch, guidance_scale, generator, output_type)
+        self._check_options(temperature=temperature, top_k=top_k, top_p=top_p)
+
+    def _check_options(self, temperature=None, top_k=None, top_p=None) -> None:
         if temperature is not None:
             check_number("temperature (0 = greedy)", temperature, minimum=0)
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
             raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
         if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")

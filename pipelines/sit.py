@@ -66,6 +66,10 @@ class VQSiTPipeline(LatentPipeline):
         return {"diffusion_norm": c.get("diffusion_norm", 1.0), "last_step_size": c.get("last_step_size", 0.04),
                 "atol": c.get("atol", 1e-6), "rtol": c.get("rtol", 1e-3)}
 
+    def _check_options(self, sampling_method=None) -> None:
+        if sampling_method is not None and sampling_method not in SAMPLERS:
+            raise ValueError(f"sampling_method must be one of {SAMPLERS}, got {sampling_method!r}")
+
     def default_sampling(self) -> dict:
         c = self.config
         out = {"guidance_scale": c.guidance_scale, "num_inference_steps": c.num_inference_steps,
@@ -101,9 +105,8 @@ class VQSiTPipeline(LatentPipeline):
         """
         labels = self._class_ids(class_id, num_images_per_class)
         self._check_common(len(labels), guidance_scale, generator, output_type, num_inference_steps)
+        self._check_options(sampling_method=sampling_method)
         method = self.config.sampling_method if sampling_method is None else sampling_method
-        if method not in SAMPLERS:
-            raise ValueError(f"sampling_method must be one of {SAMPLERS}, got {method!r}")
         scale = self._guidance(guidance_scale)
         steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
         device = self._execution_device

@@ -94,8 +94,8 @@ def extract(tokenizer: str, dataset: str, output_dir: str, split: str = "train",
     """
     store = list(store)
     _check_args(store, latent_dtype, batch_size, shard_size)
-    if not os.path.isdir(tokenizer):
-        raise ValueError(f"tokenizer {tokenizer!r} is not a saved VQTokenizer folder")
+    if not os.path.isfile(os.path.join(tokenizer, "config.json")):
+        raise ValueError(f"tokenizer {tokenizer!r} is not a saved VQTokenizer folder (no config.json)")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"output_dir {output_dir!r} exists and is not a directory")
     tok = VQTokenizer.from_pretrained(tokenizer).to(device).eval()

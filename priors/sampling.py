@@ -13,6 +13,10 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tenso
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """Mask (to -inf) all but the top_k logits and the smallest set whose probability reaches top_p,
     along the last dim. top_k None/0 and top_p None/1.0 are off. The most likely token always stays."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):  # NaN fails too
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -30,6 +34,9 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
                   top_p: float | None = None, generator=None) -> torch.Tensor:
     """logits (B, ..., K) -> int64 (B, ...). `generator` is one torch.Generator or a list of B.
     temperature 0 is greedy."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0 \
+            or temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if temperature == 0:
         return logits.argmax(-1)
     probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)

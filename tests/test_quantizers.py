@@ -331,7 +331,7 @@ def test_bad_options(tmp_path):
         build_quantizer("vq", dim=8, codebook_size=4, commitment_cost=0.25)
     with pytest.raises(ValueError, match=r"shape \(codebook_size=10, D\)"):
         build_quantizer("lc", dim=8, codebook_size=10, init_codebook=torch.randn(9, 16))
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="not found"):
         build_quantizer("lc", dim=8, codebook_size=10, init_codebook=str(tmp_path / "missing.safetensors"))
     pickle_path = tmp_path / "codebook.pth"
     pickle_path.write_bytes(b"not a safetensors file")

@@ -20,6 +20,7 @@ from diffusers.utils import BaseOutput
 from .backbones import VQVAEDecoder, VQVAEEncoder, build_vqgan
 from .quantizers import KINDS, build_quantizer
 from .quantizers.codebooks import load_init_codebook
+from .quantizers.vector_quantizer import check_positive_int
 
 BACKBONES = ("vqgan", "vqvae")
 RECONSTRUCTION_LOSSES = ("l1", "l2")
@@ -85,6 +86,12 @@ class VQTokenizer(ModelMixin, ConfigMixin):
             raise ValueError(f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, got {reconstruction_loss!r}")
         if quantizer_kind not in KINDS:
             raise ValueError(f"unknown quantizer_kind {quantizer_kind!r}; expected one of {sorted(KINDS)}")
+        for name, value in (("resolution", resolution), ("ch", ch), ("num_res_blocks", num_res_blocks),
+                            ("z_channels", z_channels), ("hidden_channels", hidden_channels),
+                            ("residual_channels", residual_channels), ("embed_dim", embed_dim),
+                            ("codebook_size", codebook_size)):
+            check_positive_int(name, value)  # before any layer is built with it
+        check_positive_int("num_residual_layers", num_residual_layers, allow_zero=True)
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
         if not data_variance > 0:

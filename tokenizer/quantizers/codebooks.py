@@ -7,7 +7,7 @@ import warnings
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from .distributed import all_reduce_sum
 
@@ -34,15 +34,18 @@ def load_init_codebook(init_codebook, codebook_size: int) -> torch.Tensor:
     if isinstance(init_codebook, (str, os.PathLike)):
         path = os.fspath(init_codebook)
         if not os.path.isfile(path):
-            raise ValueError(f"init_codebook file not found: {path!r}")
+            raise FileNotFoundError(f"init_codebook file not found: {path!r}")
         if not path.endswith(".safetensors"):
             raise ValueError(f"init_codebook must be a .safetensors file (never a pickle), got {path!r}")
-        with safe_open(path, framework="pt") as f:
-            keys = list(f.keys())
-            key = "codebook" if "codebook" in keys else (keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise ValueError(f"{path!r} holds tensors {keys}; expected one named 'codebook'")
-            init_codebook = f.get_tensor(key)
+        try:
+            with safe_open(path, framework="pt") as f:
+                keys = list(f.keys())
+                key = "codebook" if "codebook" in keys else (keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise ValueError(f"{path!r} holds tensors {keys}; expected one named 'codebook'")
+                init_codebook = f.get_tensor(key)
+        except SafetensorError as e:
+            raise ValueError(f"init_codebook {path!r} is not a readable safetensors file (truncated?): {e}") from None
     if not isinstance(init_codebook, torch.Tensor):
         raise TypeError(f"init_codebook must be a tensor or a .safetensors path, got {type(init_codebook).__name__}")
     if init_codebook.ndim != 2 or init_codebook.shape[0] != codebook_size:

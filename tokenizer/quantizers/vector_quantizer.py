@@ -10,6 +10,7 @@ combinations. Quantisation runs in fp32 with autocast off whatever the caller's 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -49,16 +50,24 @@ def code_to_latent_scale(codebook: torch.Tensor, flat: torch.Tensor) -> torch.Te
     return spread(codes) / spread(latents).clamp_min(1e-12)
 
 
-def _check_choice(name, value, choices):
+def check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-def _check_positive_int(name, value, allow_zero=False):
+def check_positive_int(name, value, allow_zero=False):
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def check_finite(name, value, minimum=None):
+    """A real number (not a bool, not NaN or inf), at least `minimum`: NaN passes every comparison."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
 
 
 class VectorQuantizer(nn.Module):
@@ -100,21 +109,24 @@ class VectorQuantizer(nn.Module):
                  frozen_dim: int = 768, projector_init: str = "vqgan-lc", memory_budget: int = DEFAULT_MEMORY_BUDGET,
                  sync_distributed: bool = True, seed: int = 0):
         super().__init__()
-        _check_positive_int("dim", dim)
-        _check_positive_int("codebook_size", codebook_size)
-        _check_choice("codebook", codebook, CODEBOOKS)
-        _check_choice("distance", distance, DISTANCES)
-        _check_choice("revival", revival, REVIVALS)
-        _check_choice("anchor", anchor, ANCHORS)
+        check_positive_int("dim", dim)
+        check_positive_int("codebook_size", codebook_size)
+        check_choice("codebook", codebook, CODEBOOKS)
+        check_choice("distance", distance, DISTANCES)
+        check_choice("revival", revival, REVIVALS)
+        check_choice("anchor", anchor, ANCHORS)
         code_dim = dim if code_dim is None else code_dim
-        _check_positive_int("code_dim", code_dim)
-        _check_positive_int("interp_scale", interp_scale, allow_zero=True)
+        check_positive_int("code_dim", code_dim)
+        check_positive_int("interp_scale", interp_scale, allow_zero=True)
         channels = code_dim * max(interp_scale, 1) ** 2  # channels that are split into chunks
         chunk_dim = code_dim if chunk_dim is None else chunk_dim
-        _check_positive_int("chunk_dim", chunk_dim)
+        check_positive_int("chunk_dim", chunk_dim)
         if channels % chunk_dim:
             raise ValueError(f"chunk_dim={chunk_dim} must divide the {channels} quantised channels "
                              f"(code_dim={code_dim} x interp_scale^2={max(interp_scale, 1) ** 2})")
+        check_finite("commitment_weight", commitment_weight, 0)
+        check_finite("codebook_weight", codebook_weight, 0)
+        check_finite("eps", eps, 0)
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         if codebook == "frozen_projected" and revival is not None:
@@ -126,7 +138,7 @@ class VectorQuantizer(nn.Module):
             raise ValueError("init_codebook is only used by codebook='frozen_projected' (kind 'lc')")
         if projector_init != "vqgan-lc" and codebook != "frozen_projected":
             raise ValueError("projector_init is only used by codebook='frozen_projected' (kind 'lc')")
-        _check_positive_int("memory_budget", memory_budget)
+        check_positive_int("memory_budget", memory_budget)
 
         self.dim, self.codebook_size, self.code_dim, self.chunk_dim = dim, codebook_size, code_dim, chunk_dim
         self.num_chunks = channels // chunk_dim
