@@ -8,6 +8,7 @@ a half-written folder under the final name.
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -68,7 +69,10 @@ def _check_file(name: str, path: str) -> None:
 
 
 def save_atomically(model, output: str) -> str:
-    """`model.save_pretrained` into a temporary sibling of `output`, then rename it into place."""
+    """`model.save_pretrained` into a temporary sibling of `output`, then rename it into place. A
+    sibling left by a run that was killed before its rename is removed first: nothing else is named so."""
+    for stale in glob.glob(os.path.join(glob.escape(os.path.dirname(output)), f".{glob.escape(os.path.basename(output))}.partial-*")):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=os.path.dirname(output))
     try:
         model.save_pretrained(tmp)
