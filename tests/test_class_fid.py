@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_fid_evaluation import classifier_settings, smooth_images, write_folder, write_npz
+from test_fid_evaluation import classifier, classifier_settings, smooth_images, write_folder, write_npz  # noqa: F401  (classifier: a fixture)
 from tiny import tiny_pipeline
 
 from lcgen.eval.classifier import ImageClassifier
@@ -16,14 +16,6 @@ from lcgen.eval.feature_store import FeatureStore
 from lcgen.eval.fid import frechet_distance
 from lcgen.eval.generation_fid import evaluate_fid
 from lcgen.eval.image_inputs import FolderImages, NpzImages, SplitImages
-
-
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clf")
-    torch.manual_seed(0)
-    ImageClassifier().eval().save_pretrained(path)
-    return str(path)
 
 
 def store_of(tmp_path, rows, shard_size):
