@@ -15,6 +15,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch.utils.data import DataLoader
 
+from lcgen.checks import check_output_folder
 from lcgen.data import build_dataset, collate_skipping_bad
 
 
@@ -67,8 +68,7 @@ def train_classifier(output_dir: str, dataset: str = "fashion-mnist", epochs: in
     step here is 2.5x faster than fp32 (40 ms against 101 ms at batch 128 on this 2-core CPU)."""
     if epochs <= 0 or batch_size <= 0:
         raise ValueError(f"epochs and batch_size must be > 0, got {epochs} and {batch_size}")
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"output_dir {output_dir!r} exists and is not a folder")
+    check_output_folder("output_dir", output_dir)
     if mixed_precision not in ("no", "bf16"):
         raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {mixed_precision!r}")
     torch.manual_seed(seed)

@@ -12,6 +12,7 @@ import warnings
 
 import torch
 
+from lcgen.checks import check_output_folder
 from .extractors import LAYERS, SPATIAL_CHANNELS, SPATIAL_DIM, build_extractor
 from .feature_store import rank_deficiency_warning
 from .image_inputs import UINT8_RULES, FolderImages, NpzImages, TensorImages
@@ -65,8 +66,7 @@ def evaluate_fid(output: str, reference: str, pipeline: str | None = None, sampl
     if isinstance(reference, str) and (reference.endswith(".npz") or os.sep in reference) \
             and not os.path.exists(reference):  # a file or folder, not a split name
         raise FileNotFoundError(f"reference does not exist: {reference}")
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise ValueError(f"output {output!r} exists and is not a folder")
+    check_output_folder("output", output)
     settings = (settings or MeasureSettings()).check()  # after the cheap checks: it resolves the extractor's weights
     ref = resolve_reference(reference, data_dir, preprocessing, reference_resolution, reference_max_samples)
     check_reference(ref, settings)

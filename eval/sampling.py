@@ -31,6 +31,7 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from tqdm.auto import tqdm
 
+from lcgen.checks import check_output_folder
 from lcgen.log import configure as configure_logging
 from lcgen.pipelines import load_pipeline
 
@@ -119,8 +120,7 @@ def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64,
         raise ValueError(f"num_samples and batch_size must be > 0, got {num_samples} and {batch_size}")
     if uint8_rule not in UINT8_RULES:
         raise ValueError(f"uint8_rule must be one of {sorted(UINT8_RULES)}, got {uint8_rule!r}")
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise ValueError(f"output {output!r} exists and is not a folder")
+    check_output_folder("output", output)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
     pipe = load_pipeline(pipeline)
     pipe.check_sampling(**sample_kwargs)  # a bad option fails here, not after samples.json is written

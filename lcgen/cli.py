@@ -12,6 +12,7 @@ import sys
 import torch
 from torchvision.utils import save_image
 
+from lcgen.checks import check_output_folder
 from lcgen.convert import SOURCES as CONVERT_SOURCES
 from lcgen.convert import convert
 from lcgen.demo import format_report, run_demo
@@ -70,8 +71,7 @@ def cmd_train_prior(args, extra):
 def cmd_sample(args):
     if args.num_images <= 0:
         raise ValueError(f"--num-images must be > 0, got {args.num_images}")
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise ValueError(f"--output {args.output} exists and is not a folder")
+    check_output_folder("--output", args.output)
     device = default_device(args.device)
     pipe = load_pipeline(args.pipeline).to(device)
     class_ids = None

@@ -10,6 +10,7 @@ import os
 from diffusers import DiffusionPipeline
 from huggingface_hub import hf_hub_download
 
+from lcgen.checks import is_local_path
 from lcgen.priors.dit import DiTModel
 from lcgen.priors.gpt import GPTPrior
 from lcgen.priors.ldm import ClassCrossAttentionUNet
@@ -34,7 +35,7 @@ register_with_diffusers(PIPELINES.values(), [c.__module__ for c in (VQTokenizer,
 def load_pipeline(path: str, **kwargs):
     """Any saved lcgen pipeline (a folder or a Hub repo id); a folder of another library's pipeline is
     refused with its class name before any weights load."""
-    if os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path):  # a folder, not a Hub id
+    if is_local_path(path):
         index = os.path.join(os.path.expanduser(path), "model_index.json")
         if not os.path.isfile(index):
             raise FileNotFoundError(f"{path} is not a saved pipeline folder (no model_index.json)")

@@ -9,7 +9,6 @@ prior, and keeps `id2label` (and the other non-module settings) in `model_index.
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import tempfile
 
@@ -19,18 +18,11 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from huggingface_hub import HfApi
 
+from lcgen.checks import check_finite
+
 from .model_card import write_model_card
 
 OUTPUT_TYPES = ("pil", "np", "pt")
-
-
-def check_number(name: str, value, minimum: float | None = None) -> None:
-    """A finite real number (not a bool) at least `minimum`, or a clear error: NaN would otherwise pass
-    every comparison and fail only after sampling started."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be a number >= {minimum}, got {value!r}")
 
 
 class LCGenPipeline(DiffusionPipeline):
@@ -99,7 +91,7 @@ class LCGenPipeline(DiffusionPipeline):
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if guidance_scale is not None:
-            check_number("guidance_scale", guidance_scale, minimum=0)
+            check_finite("guidance_scale", guidance_scale, minimum=0)
             if self.num_classes == 0 and guidance_scale != 1.0:
                 raise ValueError(f"guidance_scale={guidance_scale} needs a class-conditional model; this one is "
                                  f"unconditional (num_classes=0): leave guidance_scale unset or 1.0")
@@ -108,9 +100,8 @@ class LCGenPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
         gens = generator if isinstance(generator, list) else [generator]
         if generator is not None and not all(isinstance(g, torch.Generator) for g in gens):
-            raise TypeError(f"generator must be a torch.Generator or a list of them, got "
-                            f"{[type(g).__name__ for g in gens] if isinstance(generator, list) else type(generator).__name__}"
-                            " (seed one with torch.Generator().manual_seed(n))")
+            raise TypeError(f"generator must be a torch.Generator or a list of them, got {generator!r} "
+                            "(seed one with torch.Generator().manual_seed(n))")
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got a list of {len(generator)} generators for {batch} images: pass one generator "
                              f"or exactly one per image")

@@ -8,11 +8,12 @@ from huggingface_hub import hf_hub_download
 
 from lcgen.official_checkpoints import load_state_dict
 from lcgen.priors.gpt import GPTPrior
+from lcgen.checks import check_finite
 from lcgen.priors.published import gpt_from_llamagen, parse_llamagen_name
 from lcgen.tokenizer.model import VQTokenizer
 from lcgen.tokenizer.published import llamagen_vq_model, tokenizer_from_llamagen
 
-from .base import LCGenPipeline, check_number
+from .base import LCGenPipeline
 from .imagenet import imagenet_id2label
 
 # LlamaGen's autoregressive/sample/sample_c2i.py defaults
@@ -56,7 +57,7 @@ class VQGPTPipeline(LCGenPipeline):
 
     def _check_options(self, temperature=None, top_k=None, top_p=None) -> None:
         if temperature is not None:
-            check_number("temperature (0 = greedy)", temperature, minimum=0)
+            check_finite("temperature (0 = greedy)", temperature, minimum=0)
         if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
             raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
         if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):

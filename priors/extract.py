@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from lcgen.checks import check_output_folder
 from lcgen.data import build_dataset, collate_skipping_bad
 from lcgen.tokenizer import VQTokenizer
 
@@ -96,8 +97,7 @@ def extract(tokenizer: str, dataset: str, output_dir: str, split: str = "train",
     _check_args(store, latent_dtype, batch_size, shard_size)
     if not os.path.isfile(os.path.join(tokenizer, "config.json")):
         raise ValueError(f"tokenizer {tokenizer!r} is not a saved VQTokenizer folder (no config.json)")
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"output_dir {output_dir!r} exists and is not a directory")
+    check_output_folder("output_dir", output_dir)
     tok = VQTokenizer.from_pretrained(tokenizer).to(device).eval()
     ds = build_dataset(dataset, split, resolution, "center", False, tok.config.in_channels, False, data_dir,
                        max_samples)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from lcgen.checks import check_finite
+
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance: uncond + scale * (cond - uncond) (LlamaGen, DiT)."""
@@ -34,9 +36,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
                   top_p: float | None = None, generator=None) -> torch.Tensor:
     """logits (B, ..., K) -> int64 (B, ...). `generator` is one torch.Generator or a list of B.
     temperature 0 is greedy."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0 \
-            or temperature == float("inf"):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    check_finite("temperature (0 = greedy)", temperature, minimum=0)
     if temperature == 0:
         return logits.argmax(-1)
     probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)

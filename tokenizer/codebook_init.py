@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from lcgen.checks import is_local_path
 from lcgen.data import build_dataset
 
 from .kmeans import MiniBatchKMeans, minibatch_kmeans
@@ -145,9 +146,7 @@ def build_lc_codebook(encoder: str, image_folder: str | None, codebook_size: int
         raise ValueError(f"epochs, batch_size and kmeans_batch must be > 0, got {epochs}, {batch_size}, {kmeans_batch}")
     if (image_folder is None) == (dataset is None):
         raise ValueError("give exactly one of image_folder and dataset")
-    # a path (not a Hub id such as openai/clip-vit-large-patch14) must exist: else the Hub client
-    # would be asked for it and answer with a repo-id validation error
-    if (os.path.isabs(encoder) or encoder.startswith((".", "~"))) and not os.path.exists(os.path.expanduser(encoder)):
+    if is_local_path(encoder) and not os.path.exists(os.path.expanduser(encoder)):
         raise FileNotFoundError(f"encoder not found: {encoder}")
     source = FolderImages(image_folder) if image_folder is not None else DatasetImages(dataset, split,
                                                                                       max_samples=max_samples)

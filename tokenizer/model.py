@@ -17,10 +17,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+from lcgen.checks import check_positive_int
+
 from .backbones import VQVAEDecoder, VQVAEEncoder, build_vqgan
 from .quantizers import KINDS, build_quantizer
 from .quantizers.codebooks import load_init_codebook
-from .quantizers.vector_quantizer import check_positive_int
 
 BACKBONES = ("vqgan", "vqvae")
 RECONSTRUCTION_LOSSES = ("l1", "l2")

@@ -10,13 +10,14 @@ combinations. Quantisation runs in fp32 with autocast off whatever the caller's 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.utils import BaseOutput
+
+from lcgen.checks import check_choice, check_finite, check_positive_int
 
 from .codebooks import FrozenProjectedCodebook, LearnedCodebook
 from .ema import EMACodebook
@@ -48,26 +49,6 @@ def code_to_latent_scale(codebook: torch.Tensor, flat: torch.Tensor) -> torch.Te
     latents = flat.reshape(-1, flat.shape[-1])
     spread = lambda v: (v - v.mean(0)).pow(2).sum(1).mean().sqrt()  # noqa: E731
     return spread(codes) / spread(latents).clamp_min(1e-12)
-
-
-def check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
-def check_positive_int(name, value, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-def check_finite(name, value, minimum=None):
-    """A real number (not a bool, not NaN or inf), at least `minimum`: NaN passes every comparison."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
 
 
 class VectorQuantizer(nn.Module):
