@@ -106,8 +106,9 @@ class LCGenPipeline(DiffusionPipeline):
             raise ValueError(f"got a list of {len(generator)} generators for {batch} images: pass one generator "
                              f"or exactly one per image")
 
-    # the per-image arguments of __call__; everything else is a sampling option
-    PER_CALL = ("class_id", "num_images_per_class", "generator", "output_type", "return_dict")
+    # the per-image arguments of __call__ and the ones that do not change the images (compile);
+    # everything else is a sampling option
+    PER_CALL = ("class_id", "num_images_per_class", "generator", "output_type", "return_dict", "compile")
 
     def check_sampling(self, **options) -> None:
         """Refuse, without sampling, the sampling options `__call__` would refuse: a caller that

@@ -67,7 +67,7 @@ class VQGPTPipeline(LCGenPipeline):
     def __call__(self, class_id=None, num_images_per_class: int = 1, guidance_scale: float | None = None,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "pil",
-                 return_dict: bool = True):
+                 return_dict: bool = True, compile: bool = False):
         """Generate images of the given classes.
 
         Args:
@@ -80,15 +80,20 @@ class VQGPTPipeline(LCGenPipeline):
             generator (`torch.Generator` or a list, one per image): for reproducible samples.
             output_type (`str`, default "pil"): "pil", "np" (B, H, W, C) in [0, 1] or "pt" (B, C, H, W).
             return_dict (`bool`, default True): an `ImagePipelineOutput`, else a tuple.
+            compile (`bool`, default False): run the transformer's sampling step through `torch.compile`
+                (`GPTPrior.generate`); the first call per batch size traces it (seconds to a minute),
+                later calls reuse it. The same tokens as eager for the same generator.
         """
         labels = self._class_ids(class_id, num_images_per_class)
         self.check_inputs(len(labels), guidance_scale, temperature, top_k, top_p, generator, output_type)
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be True or False, got {compile!r}")
         c = self.config
         indices = self.transformer.generate(
             torch.tensor(labels, device=self._execution_device), guidance_scale=self._guidance(guidance_scale),
             temperature=c.temperature if temperature is None else temperature,
             top_k=c.top_k if top_k is None else top_k, top_p=c.top_p if top_p is None else top_p,
-            generator=generator, progress=self.progress_bar)
+            generator=generator, progress=self.progress_bar, compile=compile)
         images = self.vqvae.decode_indices(indices.to(self.vqvae.device))
         return self._output(images, output_type, return_dict)
 

@@ -61,6 +61,43 @@ def test_kv_cache_generation_matches_full_recompute(m, scale, positions):
     torch.testing.assert_close(fast, naive_generate(model, labels, scale), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("m,positions", [(1, "learned"), (3, "rope_2d")])
+def test_fixed_shape_step_matches_teacher_forced_logits(m, positions):
+    """The step compiled decoding traces (a (1,) position tensor, attention over the whole cache with
+    the unwritten entries masked) gives, step by step, the teacher-forced forward's logits."""
+    model = make(m, position_scheme=positions)
+    labels = torch.tensor([0, 4, 5])
+    idx = torch.randint(17, (3, 3, 4, m) if m > 1 else (3, 3, 4))
+    reference = model(idx, labels).float()  # (B, L, m, K)
+    tokens = idx.reshape(3, 12, m)
+    caches = model.kv_caches(3)
+    assert all(not t.any() for pair in caches for t in pair)  # zeroed: a NaN in a masked entry would leak
+    for t in (t for pair in caches for t in pair):
+        t.fill_(1e4)  # stale entries of an earlier call: masked, they must not move the logits
+    x = model.class_embedding(labels)[:, None]
+    with torch.no_grad():
+        for t in range(12):
+            logits = model.decode_step(x, torch.tensor([t]), caches)
+            torch.testing.assert_close(logits, reference[:, t], rtol=1e-5, atol=1e-5)
+            x = model._embed_tokens(tokens[:, t:t + 1])
+
+
+@pytest.mark.slow
+def test_compiled_generation_gives_the_eager_tokens():
+    """generate(compile=True): the same tokens as eager for one generator, traced once per row count."""
+    from lcgen.priors.gpt import compiled_decoding
+
+    model = make(1, position_scheme="rope_2d")
+    labels = torch.tensor([0, 4, 2])
+    kwargs = dict(guidance_scale=2.0, top_k=9, top_p=0.95)
+    eager = model.generate(labels, generator=torch.Generator().manual_seed(5), **kwargs)
+    compiled = model.generate(labels, generator=torch.Generator().manual_seed(5), compile=True, **kwargs)
+    step = compiled_decoding(model, 6)[0]
+    again = model.generate(labels, generator=torch.Generator().manual_seed(5), compile=True, **kwargs)
+    assert torch.equal(compiled, eager) and torch.equal(again, eager)
+    assert compiled_decoding(model, 6)[0] is step  # reused, not traced again
+
+
 def test_generation_is_deterministic_per_generator_and_in_range():
     model = make(3)
     a = model.generate(torch.tensor([1, 2]), 2.0, generator=torch.Generator().manual_seed(3), top_k=5, top_p=0.9)
