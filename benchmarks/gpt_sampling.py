@@ -8,12 +8,15 @@ cache, the same guidance and top-k sampling), which separates the model from the
     python benchmarks/gpt_sampling.py [--tokens 256] [--batch 8] [--vocab 16384] [--rounds 3] [--device cpu]
     python benchmarks/gpt_sampling.py --llamagen GPT-B   # a converted LlamaGen c2i GPT-B (random weights, 2-D RoPE)
 
-Prints seconds per batch for each and the ratio; the README's choice of a hand-written prior cites it.
+lcgen runs twice: eager, and with `compile=True` (its fixed-shape step through torch.compile). The
+contenders alternate within each round; prints each one's best seconds per batch and the median over
+rounds of the paired ratios. The README's choice of a hand-written prior cites it.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -79,18 +82,31 @@ def llama_batched_cfg(llama, prompt, null, tokens, vocab, guidance, top_k, gener
     return torch.stack(out, 1)
 
 
-def timed(fn, rounds, device):
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(rounds):
+def interleaved(fns: dict, rounds: int, device: str) -> dict:
+    """Seconds per call of each contender, `rounds` times each, the contenders alternating within a
+    round (the order rotating between rounds) so that a slow spell of a shared machine hits them all;
+    one warm-up call each first (it also traces the compiled step)."""
+    def once(fn):
         if device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         fn()
         if device == "cuda":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
+        return time.perf_counter() - t
+
+    for fn in fns.values():
+        fn()
+    names, times = list(fns), {name: [] for name in fns}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(once(fns[name]))
+    return times
+
+
+def ratio(times: dict, slow: str, fast: str) -> float:
+    """The median over rounds of slow / fast, each round's pair timed back to back."""
+    return round(statistics.median(a / b for a, b in zip(times[slow], times[fast])), 2)
 
 
 def main(argv=None):
@@ -107,6 +123,7 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--llamagen", default=None, metavar="GPT-B", help="time a converted LlamaGen c2i GPT of this size "
                                                                      "(sets width, layers and heads)")
+    p.add_argument("--no-compile", action="store_true", help="leave out lcgen's compiled step")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     torch.manual_seed(0)
@@ -116,8 +133,8 @@ def main(argv=None):
     prompt = (labels + a.vocab)[:, None]
     null = torch.full_like(prompt, a.vocab + a.classes)
 
-    def run_ours():
-        ours.generate(labels, guidance_scale=a.guidance, top_k=1000)
+    def run_ours(compile=False):
+        ours.generate(labels, guidance_scale=a.guidance, top_k=1000, compile=compile)
 
     def run_llama():
         with torch.no_grad():
@@ -128,13 +145,19 @@ def main(argv=None):
     def run_llama_same_loop():
         llama_batched_cfg(llama, prompt, null, a.tokens, a.vocab, a.guidance, 1000, None)
 
-    t_ours, t_llama = timed(run_ours, a.rounds, a.device), timed(run_llama, a.rounds, a.device)
-    t_loop = timed(run_llama_same_loop, a.rounds, a.device)
+    fns = {"lcgen": run_ours, "lcgen_compiled": lambda: run_ours(True), "transformers_llama_generate": run_llama,
+           "transformers_llama_same_loop": run_llama_same_loop}
+    if a.no_compile:
+        del fns["lcgen_compiled"]
+    times = interleaved(fns, a.rounds, a.device)
     result = {"device": a.device, "threads": torch.get_num_threads(), "model": a.llamagen or "GPTPrior",
               "batch": a.batch, "tokens": a.tokens, "vocab": a.vocab, "width": a.width,
-              "layers": a.layers, "guidance": a.guidance, "lcgen_s": round(t_ours, 3),
-              "transformers_llama_generate_s": round(t_llama, 3), "transformers_llama_same_loop_s": round(t_loop, 3),
-              "speedup_vs_generate": round(t_llama / t_ours, 2), "speedup_vs_same_loop": round(t_loop / t_ours, 2)}
+              "layers": a.layers, "guidance": a.guidance, "rounds": a.rounds,
+              **{f"{name}_s": round(min(t), 3) for name, t in times.items()}}
+    for ours_name in [n for n in ("lcgen", "lcgen_compiled") if n in times]:
+        suffix = "" if ours_name == "lcgen" else "_compiled"
+        result[f"speedup{suffix}_vs_generate"] = ratio(times, "transformers_llama_generate", ours_name)
+        result[f"speedup{suffix}_vs_same_loop"] = ratio(times, "transformers_llama_same_loop", ours_name)
     print(json.dumps(result, indent=2))
     if a.json:
         with open(a.json, "w") as f:

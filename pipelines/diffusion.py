@@ -32,16 +32,31 @@ class LatentPipeline(LCGenPipeline):
             raise ValueError(f"the prior models {denoiser.config.in_channels}-channel latents but the tokenizer's "
                              f"embed_dim is {vqvae.config.embed_dim}")
 
-    def _model_output(self, x: torch.Tensor, t, labels: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    def _denoiser_call(self, compile: bool):
+        """The denoiser, or with compile=True its `torch.compile` wrapper (fixed shapes; made once per
+        pipeline and denoiser, so later calls reuse the traced graph). The module itself is not
+        changed: saving and eager calls see the plain model."""
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be True or False, got {compile!r}")
+        if not compile:
+            return self.denoiser
+        cached = getattr(self, "_compiled_denoiser", None)
+        if cached is None or cached[0] is not self.denoiser:
+            self._compiled_denoiser = (self.denoiser, torch.compile(self.denoiser, dynamic=False))
+        return self._compiled_denoiser[1]
+
+    def _model_output(self, x: torch.Tensor, t, labels: torch.Tensor, guidance_scale: float,
+                      denoiser=None) -> torch.Tensor:
         """The prior's output at (x, t); with guidance the batch is doubled with the null class and
         uncond + s * (cond - uncond) is taken over every latent channel, or over the first
         `guided_channels` only when that setting is given (DiT's and SiT's originals, and VQGAN-LC's
         forks, guide 3). Unguided channels and a learned-variance half (DiT's learn_sigma) come from
         the conditional rows, as in DiT's forward_with_cfg."""
+        denoiser = self.denoiser if denoiser is None else denoiser
         if guidance_scale == 1.0:
-            return self._call_denoiser(x, t, labels)
+            return self._call_denoiser(denoiser, x, t, labels)
         null = torch.full_like(labels, self.num_classes)
-        out = self._call_denoiser(torch.cat([x, x]), t, torch.cat([labels, null]))
+        out = self._call_denoiser(denoiser, torch.cat([x, x]), t, torch.cat([labels, null]))
         cond, uncond = out.chunk(2)
         g = getattr(self.config, "guided_channels", None) or x.shape[1]
         guided = uncond[:, :g] + guidance_scale * (cond[:, :g] - uncond[:, :g])
@@ -75,8 +90,8 @@ class LatentPipeline(LCGenPipeline):
         q = self.vqvae.quantize(space.to_tokenizer(latents).to(self.vqvae.dtype)).quantized
         return self.vqvae.decode(q)
 
-    def _call_denoiser(self, x, t, labels):
-        return self.denoiser(x, t, class_labels=labels)
+    def _call_denoiser(self, denoiser, x, t, labels):
+        return denoiser(x, t, class_labels=labels)
 
     @property
     def num_classes(self) -> int:
@@ -118,7 +133,7 @@ class NoisePredictionPipeline(LatentPipeline):
     def __call__(self, class_id=None, num_images_per_class: int = 1, guidance_scale: float | None = None,
                  num_inference_steps: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "pil",
-                 return_dict: bool = True, eta: float | None = None):
+                 return_dict: bool = True, eta: float | None = None, compile: bool = False):
         """Generate images of the given classes.
 
         Args:
@@ -132,9 +147,12 @@ class NoisePredictionPipeline(LatentPipeline):
             output_type (`str`, default "pil"): "pil", "np" (B, H, W, C) in [0, 1] or "pt" (B, C, H, W).
             return_dict (`bool`, default True): an `ImagePipelineOutput`, else a tuple.
             eta (`float`, default: the pipeline's, 0): DDIM's η; LDM samples with 1.
+            compile (`bool`, default False): run the denoiser through `torch.compile` (traced on the
+                first call per batch size, reused after).
         """
         labels = self._class_ids(class_id, num_images_per_class)
         self._check_common(len(labels), guidance_scale, generator, output_type, num_inference_steps)
+        denoiser = self._denoiser_call(compile)
         eta = self.config.get("eta", 0.0) if eta is None else eta
         self._check_eta(eta)
         step_options = {"eta": eta} if "eta" in inspect.signature(self.scheduler.step).parameters else {}
@@ -147,7 +165,7 @@ class NoisePredictionPipeline(LatentPipeline):
         self.scheduler.set_timesteps(steps, device=device)
         x = x * self.scheduler.init_noise_sigma
         for t in self.progress_bar(self.scheduler.timesteps):
-            out = self._model_output(self.scheduler.scale_model_input(x, t), t, labels, scale)
+            out = self._model_output(self.scheduler.scale_model_input(x, t), t, labels, scale, denoiser)
             x = self.scheduler.step(self._scheduler_input(out, x.shape[1]), t, x, generator=generator,
                                     **step_options).prev_sample
         return self._output(self._decode_latents(x), output_type, return_dict)

@@ -34,5 +34,5 @@ class VQLDMPipeline(NoisePredictionPipeline):
         self._init_settings(id2label, guidance_scale, num_inference_steps, latent_shift, latent_scale, info,
                             latent_normalization, eta=eta)
 
-    def _call_denoiser(self, x, t, labels):
-        return self.unet(x, t, class_labels=labels).sample
+    def _call_denoiser(self, denoiser, x, t, labels):
+        return denoiser(x, t, class_labels=labels).sample

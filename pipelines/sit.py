@@ -85,7 +85,7 @@ class VQSiTPipeline(LatentPipeline):
     def __call__(self, class_id=None, num_images_per_class: int = 1, guidance_scale: float | None = None,
                  num_inference_steps: int | None = None, sampling_method: str | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "pil",
-                 return_dict: bool = True):
+                 return_dict: bool = True, compile: bool = False):
         """Generate images of the given classes.
 
         Args:
@@ -102,10 +102,13 @@ class VQSiTPipeline(LatentPipeline):
             generator (`torch.Generator` or a list, one per image): for reproducible samples.
             output_type (`str`, default "pil"): "pil", "np" (B, H, W, C) in [0, 1] or "pt" (B, C, H, W).
             return_dict (`bool`, default True): an `ImagePipelineOutput`, else a tuple.
+            compile (`bool`, default False): run the denoiser through `torch.compile` (traced on the
+                first call per batch size, reused after).
         """
         labels = self._class_ids(class_id, num_images_per_class)
         self._check_common(len(labels), guidance_scale, generator, output_type, num_inference_steps)
         self._check_options(sampling_method=sampling_method)
+        denoiser = self._denoiser_call(compile)
         method = self.config.sampling_method if sampling_method is None else sampling_method
         scale = self._guidance(guidance_scale)
         steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
@@ -115,7 +118,7 @@ class VQSiTPipeline(LatentPipeline):
         def velocity(x, t):
             # a learn_sigma model's second half is unused by the interpolant (SiT drops it too)
             t = torch.tensor(t * self.config.timestep_scale, device=device)
-            return self._model_output(x, t, labels, scale)[:, :x.shape[1]]
+            return self._model_output(x, t, labels, scale, denoiser)[:, :x.shape[1]]
 
         x = Interpolant(self.config.path_type).sample(
             velocity, (len(labels), *self.latent_shape), steps, method, generator, device, self.denoiser.dtype,

@@ -49,6 +49,18 @@ def test_fixed_generator_is_deterministic(pipe):
     assert pipe(class_id=[1, 2], generator=gens, output_type="pt").images.shape[0] == 2
 
 
+@pytest.mark.slow
+def test_compiled_sampling_gives_the_eager_images(pipe):
+    """compile=True (torch.compile of the GPT step / the denoiser) changes the speed, not the samples;
+    a non-bool is refused."""
+    eager = sample(pipe, 3)
+    compiled = sample(pipe, 3, compile=True)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=2e-5)
+    torch.testing.assert_close(sample(pipe, 3), eager, rtol=0, atol=0)  # the model is left eager
+    with pytest.raises(TypeError, match="compile"):
+        sample(pipe, 3, compile="yes")
+
+
 def test_save_and_load_round_trip(pipe, tmp_path):
     pipe.save_pretrained(tmp_path)
     index = json.load(open(tmp_path / "model_index.json"))

@@ -477,7 +477,7 @@ def test_learned_variance_pipeline_guides_the_prediction_and_keeps_the_condition
     pipe.set_progress_bar_config(disable=True)
     cond, uncond = torch.full((2, 8, 7, 7), 3.0), torch.full((2, 8, 7, 7), 1.0)
     cond[:, 4:], uncond[:, 4:] = 0.5, -0.5
-    pipe._call_denoiser = lambda x, t, labels: torch.cat([cond, uncond])
+    pipe._call_denoiser = lambda denoiser, x, t, labels: torch.cat([cond, uncond])
     out = pipe._model_output(torch.zeros(2, 4, 7, 7), 10, torch.tensor([0, 1]), 2.0)
     assert torch.equal(out[:, :4], torch.full((2, 4, 7, 7), 1.0 + 2.0 * (3.0 - 1.0)))  # guided prediction
     assert torch.equal(out[:, 4:], torch.full((2, 4, 7, 7), 0.5))  # the conditional rows' variance
@@ -489,7 +489,7 @@ def test_learned_variance_pipeline_guides_the_prediction_and_keeps_the_condition
     assert ddim._scheduler_input(out, 4).shape[1] == 4  # other schedulers get the prediction half
     # DiT's and DiT-LC's own choice, on request: guide the first 3 latent channels, the rest from the cond rows
     three = VQDiTPipeline(tok, model, learned, guided_channels=3)
-    three._call_denoiser = lambda x, t, labels: torch.cat([cond, uncond])
+    three._call_denoiser = lambda denoiser, x, t, labels: torch.cat([cond, uncond])
     out = three._model_output(torch.zeros(2, 4, 7, 7), 10, torch.tensor([0, 1]), 2.0)
     assert torch.equal(out[:, :3], torch.full((2, 3, 7, 7), 5.0)) and torch.equal(out[:, 3:4], cond[:, 3:4])
     assert torch.equal(out[:, 4:], cond[:, 4:])
@@ -532,7 +532,7 @@ def test_convert_sit_lc_gives_the_network_t_in_0_1(tmp_path):
                                        "path_type": "linear", "atol": 1e-6, "rtol": 1e-3}  # runTestSiT.sh
     seen = []
     real = pipe._call_denoiser
-    pipe._call_denoiser = lambda x, t, labels: (seen.append(float(t.reshape(-1)[0])), real(x, t, labels))[1]
+    pipe._call_denoiser = lambda d, x, t, labels: (seen.append(float(t.reshape(-1)[0])), real(d, x, t, labels))[1]
     pipe.set_progress_bar_config(disable=True)
     out = pipe(class_id=2, num_inference_steps=3, guidance_scale=1.0, sampling_method="heun", output_type="pt").images
     assert out.shape == (1, 1, 28, 28) and 0.0 <= min(seen) and max(seen) <= 1.0 and max(seen) > 0.5
