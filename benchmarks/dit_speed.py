@@ -14,14 +14,13 @@ of the paired ratios (diffusers / lcgen: above 1 means lcgen is faster).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.gpt_sampling import interleaved, ratio  # noqa: E402
+from benchmarks.timing import interleaved, ratio, report  # noqa: E402
 
 
 def build(size: str, channels: int, latent: int, classes: int, device: str):
@@ -122,11 +121,7 @@ def main(argv=None):
     for name in [n for n in samplers if n != "diffusers"]:
         result[f"sampling_speedup_{name}"] = ratio(sampling, "diffusers", name)
         result[f"train_speedup_{name}"] = ratio(training, "diffusers", name)
-    print(json.dumps(result, indent=2))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return report(result, a.json)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,13 @@ rounds of the paired ratios. The README's choice of a hand-written prior cites i
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
+import os
+import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.timing import interleaved, ratio, report  # noqa: E402
 
 
 def llamagen_layout(prior) -> dict:
@@ -82,33 +84,6 @@ def llama_batched_cfg(llama, prompt, null, tokens, vocab, guidance, top_k, gener
     return torch.stack(out, 1)
 
 
-def interleaved(fns: dict, rounds: int, device: str) -> dict:
-    """Seconds per call of each contender, `rounds` times each, the contenders alternating within a
-    round (the order rotating between rounds) so that a slow spell of a shared machine hits them all;
-    one warm-up call each first (it also traces the compiled step)."""
-    def once(fn):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
-
-    for fn in fns.values():
-        fn()
-    names, times = list(fns), {name: [] for name in fns}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name].append(once(fns[name]))
-    return times
-
-
-def ratio(times: dict, slow: str, fast: str) -> float:
-    """The median over rounds of slow / fast, each round's pair timed back to back."""
-    return round(statistics.median(a / b for a, b in zip(times[slow], times[fast])), 2)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokens", type=int, default=256)
@@ -158,11 +133,7 @@ def main(argv=None):
         suffix = "" if ours_name == "lcgen" else "_compiled"
         result[f"speedup{suffix}_vs_generate"] = ratio(times, "transformers_llama_generate", ours_name)
         result[f"speedup{suffix}_vs_same_loop"] = ratio(times, "transformers_llama_same_loop", ours_name)
-    print(json.dumps(result, indent=2))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return report(result, a.json)
 
 
 if __name__ == "__main__":
