@@ -3,11 +3,11 @@ and a guided model call over all channels with an explicit null class."""
 from __future__ import annotations
 
 import inspect
-import math
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from lcgen.checks import check_finite
 from lcgen.priors.latent_space import LatentSpace, resolve_normalization
 
 from .base import LCGenPipeline
@@ -116,8 +116,7 @@ class NoisePredictionPipeline(LatentPipeline):
     def _check_eta(self, eta) -> None:
         """DDIM's η (0: deterministic DDIM, 1: DDPM-like ancestral noise, LDM's own sampling); only a
         scheduler whose step takes it (DDIMScheduler) can honour a non-zero one."""
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-            raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+        check_finite("eta", eta, minimum=0)
         if eta and "eta" not in inspect.signature(self.scheduler.step).parameters:
             raise ValueError(f"eta={eta} needs a DDIM scheduler; {type(self.scheduler).__name__} has no eta")
 

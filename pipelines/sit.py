@@ -2,10 +2,9 @@
 velocity prediction; ODE Euler/Heun, SiT's adaptive dopri5 or its SDE) -> nearest codes -> tokenizer decoder."""
 from __future__ import annotations
 
-import math
-
 import torch
 
+from lcgen.checks import check_finite
 from lcgen.priors.dit import DiTModel
 from lcgen.priors.transport import PATHS, SAMPLERS, Interpolant
 from lcgen.tokenizer.model import VQTokenizer
@@ -50,15 +49,14 @@ class VQSiTPipeline(LatentPipeline):
 
     @staticmethod
     def _check_solver(diffusion_norm, last_step_size, atol, rtol) -> None:
-        def number(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        if not (number(diffusion_norm) and diffusion_norm >= 0):
-            raise ValueError(f"diffusion_norm must be a finite number >= 0, got {diffusion_norm!r}")
-        if not (number(last_step_size) and 0 < last_step_size < 1):
+        check_finite("diffusion_norm", diffusion_norm, minimum=0)
+        check_finite("last_step_size", last_step_size)
+        if not 0 < last_step_size < 1:
             raise ValueError(f"last_step_size must be in (0, 1), got {last_step_size!r}")
-        if not (number(atol) and number(rtol) and atol > 0 and rtol > 0):
-            raise ValueError(f"atol and rtol must be finite numbers > 0, got {atol!r}, {rtol!r}")
+        for name, tol in (("atol", atol), ("rtol", rtol)):
+            check_finite(name, tol)
+            if tol <= 0:
+                raise ValueError(f"{name} must be > 0, got {tol!r}")
 
     def _solver_settings(self) -> dict:
         """SDE / dopri5 settings (SiT's defaults for folders saved before they were settings)."""
