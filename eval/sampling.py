@@ -40,6 +40,8 @@ from .image_inputs import UINT8_RULES, float_to_uint8
 PNG = "{:06d}.png"
 
 
+COMPILE_HELP = "run the prior through torch.compile (traced once per batch size; the same samples)"
+
 def image_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index) % (2 ** 63)
 
@@ -110,16 +112,20 @@ def _check_resumable(output: str, settings: dict, overwrite: bool = False) -> No
 
 def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64, seed: int = 0,
              class_balanced: bool = False, npz: bool = False, device: str | None = None, uint8_rule: str = "round",
-             overwrite_samples: bool = False, require_classes: bool = False, **sample_kwargs) -> dict:
+             overwrite_samples: bool = False, require_classes: bool = False, compile: bool = False,
+             **sample_kwargs) -> dict:
     """Make the missing images of [0, num_samples) on this rank; returns counts, the resolved sampling
     settings (and the npz path). require_classes: refuse an unconditional pipeline before sampling
-    (per-class FID needs a class per image)."""
+    (per-class FID needs a class per image). compile: the pipelines' `compile=True` (speed only: not
+    part of the recorded settings, so a run may resume with or without it)."""
     from PIL import Image
 
     if num_samples <= 0 or batch_size <= 0:
         raise ValueError(f"num_samples and batch_size must be > 0, got {num_samples} and {batch_size}")
     if uint8_rule not in UINT8_RULES:
         raise ValueError(f"uint8_rule must be one of {sorted(UINT8_RULES)}, got {uint8_rule!r}")
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be True or False, got {compile!r}")
     check_output_folder("output", output)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
     pipe = load_pipeline(pipeline)
@@ -149,9 +155,10 @@ def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64,
         labels = [class_for(i, n_cls, seed, class_balanced) for i in idx]
         # one generator per image: its noise does not depend on its batch mates or on the rank
         if n_cls:
-            out = pipe(class_id=labels, generator=gens, output_type="pt", **sample_kwargs).images
+            out = pipe(class_id=labels, generator=gens, output_type="pt", compile=compile, **sample_kwargs).images
         else:
-            out = pipe(num_images_per_class=len(idx), generator=gens, output_type="pt", **sample_kwargs).images
+            out = pipe(num_images_per_class=len(idx), generator=gens, output_type="pt", compile=compile,
+                       **sample_kwargs).images
         for i, arr in zip(idx, to_uint8(out, uint8_rule)):
             path = os.path.join(output, PNG.format(i))
             Image.fromarray(arr).save(path + ".tmp.png")
@@ -215,6 +222,7 @@ def main(argv=None):
     p.add_argument("--npz", action="store_true")
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--num-inference-steps", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     add_sample_file_flags(p)
     a = p.parse_args(argv)
     configure_logging()
@@ -222,7 +230,7 @@ def main(argv=None):
                                 "num_inference_steps": a.num_inference_steps}.items() if v is not None}
     try:
         r = generate(a.pipeline, a.output, a.num_samples, a.batch_size, a.seed, a.class_balanced, a.npz,
-                     uint8_rule=a.uint8_rule, overwrite_samples=a.overwrite_samples, **kwargs)
+                     uint8_rule=a.uint8_rule, overwrite_samples=a.overwrite_samples, compile=a.compile, **kwargs)
     except (ValueError, TypeError) as e:
         raise SystemExit(f"lcgen.eval.sampling: error: {e}")
     print(json.dumps(r))

@@ -19,6 +19,7 @@ from lcgen.demo import format_report, run_demo
 from lcgen.eval.classifier import train_classifier
 from lcgen.eval.evaluate import main as evaluate_main
 from lcgen.eval.evaluate_tokenizer import run as evaluate_tokenizer
+from lcgen.eval.sampling import COMPILE_HELP
 from lcgen.log import configure as configure_logging
 from lcgen.pipelines import load_pipeline
 from lcgen.priors.extract import extract
@@ -86,7 +87,7 @@ def cmd_sample(args):
         for k in ("temperature", "top_k", "top_p"):
             kwargs.pop(k, None)
     images = pipe(class_id=class_ids, num_images_per_class=args.num_images, output_type="pt",
-                  generator=torch.Generator(device).manual_seed(args.seed), **kwargs).images
+                  generator=torch.Generator(device).manual_seed(args.seed), compile=args.compile, **kwargs).images
     os.makedirs(args.output, exist_ok=True)  # after sampling: bad arguments leave nothing behind
     for i, img in enumerate(images):
         save_image(img, os.path.join(args.output, f"{i:05d}.png"))
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None, help=DEVICE_HELP)
+    s.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     s.set_defaults(func=cmd_sample)
 
     k = sub.add_parser("train-classifier", help="the Fashion-MNIST classifier that judges samples")

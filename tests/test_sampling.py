@@ -65,6 +65,21 @@ def test_interrupted_run_redoes_only_missing_images(pipe_dir, tmp_path):
     assert all(np.abs(after[n].astype(int) - before[n].astype(int)).max() <= 1 for n in before)
 
 
+@pytest.mark.slow
+def test_a_run_resumes_compiled_with_the_same_images(pipe_dir, tmp_path):
+    """compile is speed only: not a recorded setting (an eager folder resumes compiled) and the
+    compiled images are the eager ones (within one uint8 level, as above)."""
+    generate(pipe_dir, str(tmp_path / "eager"), 5, batch_size=3, num_inference_steps=2)
+    generate(pipe_dir, str(tmp_path / "mixed"), 2, batch_size=3, num_inference_steps=2)
+    resumed = generate(pipe_dir, str(tmp_path / "mixed"), 5, batch_size=3, num_inference_steps=2, compile=True)
+    eager, mixed = pngs(tmp_path / "eager"), pngs(tmp_path / "mixed")
+    assert resumed["made"] == 3 and sorted(mixed) == sorted(eager)
+    assert all(np.abs(mixed[n].astype(int) - eager[n].astype(int)).max() <= 1 for n in eager)
+    with pytest.raises(TypeError, match="compile"):
+        generate(pipe_dir, str(tmp_path / "bad"), 1, compile="yes")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_pixel_rules_and_classes():
     y = torch.tensor([0.0, 0.2, 0.5, 1.0, 1.2]).view(1, 1, 1, 5)
     u8 = to_uint8(y)
