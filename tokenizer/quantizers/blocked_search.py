@@ -65,27 +65,41 @@ def running_best(x, codes, distance, memory_budget, gumbel: torch.Generator | No
                 u = torch.rand(s.shape, generator=gumbel, device=s.device).clamp_(1e-20, 1.0)
                 s.add_(u.log_().neg_().log_())  # -Gumbel = log(-log u)
             bb, bi, bs = best[t0:t0 + token_block], best_idx[t0:t0 + token_block], second[t0:t0 + token_block]
-            # values alone first (amin is ~20x cheaper than min-with-indices on CPU): a row whose block
-            # minimum does not beat its runner-up (its best, without second tracking) keeps both, so
-            # indices and the block's runner-up are computed only for the rows this block changes,
-            # after the first blocks a small share
-            val = s.amin(dim=1)
-            rows = (val < (bs if track_second else bb)).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                continue
-            sub = s.index_select(0, rows)
-            val, idx = sub.min(dim=1)  # the first of equal minima: the lowest index
-            b_old = bb.index_select(0, rows)
-            if track_second:
-                sub.scatter_(1, idx.unsqueeze(1), math.inf)
-                val2 = sub.amin(dim=1)
-                # runner-up of the union of {best, second} and {val, val2}
-                bs.index_copy_(0, rows, torch.minimum(torch.maximum(b_old, val),
-                                                      torch.minimum(bs.index_select(0, rows), val2)))
-            better = val < b_old  # strict: earlier (lower) index wins ties
-            bi.index_copy_(0, rows, torch.where(better, idx + c0, bi.index_select(0, rows)))
-            bb.index_copy_(0, rows, torch.where(better, val, b_old))
+            if c0 == 0:  # the first code block sets every row: no filter, no gather
+                rows = None
+            else:
+                # values alone first (amin is ~20x cheaper than min-with-indices on CPU): a row whose
+                # block minimum does not beat its runner-up (its best, without second tracking) keeps
+                # both, so indices and the block's runner-up are computed only for the rows this block
+                # changes, after the first blocks a small share
+                rows = (s.amin(dim=1) < (bs if track_second else bb)).nonzero().squeeze(1)
+                if rows.numel() == 0:
+                    continue
+            _update(s, rows, bb, bi, bs, c0, track_second)
     return best, best_idx, second
+
+
+def _update(s, rows, best, best_idx, second, c0, track_second):
+    """Fold the score block s (T, C) for codes [c0, c0 + C) into the running best (and runner-up) of
+    the rows `rows` of the block (None: all of them, in place, without gathering copies)."""
+    def take(t):
+        return t if rows is None else t.index_select(0, rows)
+
+    def put(t, value):
+        t.copy_(value) if rows is None else t.index_copy_(0, rows, value)
+
+    sub = take(s)
+    val, idx = sub.min(dim=1)  # the first of equal minima: the lowest index
+    b_old = take(best)
+    if track_second:
+        sub.scatter_(1, idx.unsqueeze(1), math.inf)
+        val2 = sub.amin(dim=1)
+        # runner-up of the union of {best, second} and {val, val2}
+        put(second, torch.minimum(torch.maximum(b_old, val), torch.minimum(take(second), val2)))
+    better = val < b_old  # strict: earlier (lower) index wins ties
+    new_idx, new_best = torch.where(better, idx + c0, take(best_idx)), torch.where(better, val, b_old)
+    put(best_idx, new_idx)
+    put(best, new_best)
 
 
 def error_bound(x, codes, distance):
