@@ -31,16 +31,15 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from tqdm.auto import tqdm
 
-from lcgen.checks import check_output_folder
+from lcgen.checks import check_bool, check_output_folder
 from lcgen.log import configure as configure_logging
 from lcgen.pipelines import load_pipeline
 
 from .image_inputs import UINT8_RULES, float_to_uint8
 
 PNG = "{:06d}.png"
-
-
 COMPILE_HELP = "run the prior through torch.compile (traced once per batch size; the same samples)"
+
 
 def image_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index) % (2 ** 63)
@@ -124,8 +123,7 @@ def generate(pipeline: str, output: str, num_samples: int, batch_size: int = 64,
         raise ValueError(f"num_samples and batch_size must be > 0, got {num_samples} and {batch_size}")
     if uint8_rule not in UINT8_RULES:
         raise ValueError(f"uint8_rule must be one of {sorted(UINT8_RULES)}, got {uint8_rule!r}")
-    if not isinstance(compile, bool):
-        raise TypeError(f"compile must be True or False, got {compile!r}")
+    check_bool("compile", compile)
     check_output_folder("output", output)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
     pipe = load_pipeline(pipeline)

@@ -19,6 +19,11 @@ def check_positive_int(name: str, value, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def check_finite(name: str, value, minimum: float | None = None) -> None:
     """A real number (not a bool, not NaN or inf), at least `minimum`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

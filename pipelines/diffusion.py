@@ -7,7 +7,7 @@ import inspect
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from lcgen.checks import check_finite
+from lcgen.checks import check_bool, check_finite
 from lcgen.priors.latent_space import LatentSpace, resolve_normalization
 
 from .base import LCGenPipeline
@@ -36,8 +36,7 @@ class LatentPipeline(LCGenPipeline):
         """The denoiser, or with compile=True its `torch.compile` wrapper (fixed shapes; made once per
         pipeline and denoiser, so later calls reuse the traced graph). The module itself is not
         changed: saving and eager calls see the plain model."""
-        if not isinstance(compile, bool):
-            raise TypeError(f"compile must be True or False, got {compile!r}")
+        check_bool("compile", compile)
         if not compile:
             return self.denoiser
         cached = getattr(self, "_compiled_denoiser", None)

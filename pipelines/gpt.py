@@ -8,7 +8,7 @@ from huggingface_hub import hf_hub_download
 
 from lcgen.official_checkpoints import load_state_dict
 from lcgen.priors.gpt import GPTPrior
-from lcgen.checks import check_finite
+from lcgen.checks import check_bool, check_finite
 from lcgen.priors.published import gpt_from_llamagen, parse_llamagen_name
 from lcgen.tokenizer.model import VQTokenizer
 from lcgen.tokenizer.published import llamagen_vq_model, tokenizer_from_llamagen
@@ -86,8 +86,7 @@ class VQGPTPipeline(LCGenPipeline):
         """
         labels = self._class_ids(class_id, num_images_per_class)
         self.check_inputs(len(labels), guidance_scale, temperature, top_k, top_p, generator, output_type)
-        if not isinstance(compile, bool):
-            raise TypeError(f"compile must be True or False, got {compile!r}")
+        check_bool("compile", compile)
         c = self.config
         indices = self.transformer.generate(
             torch.tensor(labels, device=self._execution_device), guidance_scale=self._guidance(guidance_scale),

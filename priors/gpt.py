@@ -318,12 +318,12 @@ class GPTPrior(ModelMixin, ConfigMixin):
             step, caches = compiled_decoding(self, labels.shape[0])
             positions = torch.arange(self.seq_len, device=self.device)
         else:
-            step, caches = self.decode_step, self.kv_caches(labels.shape[0])
+            step, caches = GPTPrior.decode_step, self.kv_caches(labels.shape[0])
         out = torch.empty(b, self.seq_len, c.tokens_per_position, dtype=torch.long, device=self.device)
         x = self.class_embedding(labels)[:, None]
         steps = range(self.seq_len)
         for t in (progress(steps) if progress else steps):
-            logits = step(x, positions[t:t + 1] if compile else t, caches)  # (rows, m, K) fp32
+            logits = step(self, x, positions[t:t + 1] if compile else t, caches)  # (rows, m, K) fp32
             if cfg:
                 logits = guide(logits[:b], logits[b:], guidance_scale)
             nxt = sample_tokens(logits.cpu() if _cpu_generator(generator) else logits, temperature, top_k, top_p,
@@ -339,7 +339,7 @@ _COMPILED = weakref.WeakKeyDictionary()
 
 
 def compiled_decoding(model: GPTPrior, rows: int):
-    """`model.decode_step` compiled for a fixed shape, and the KV caches it writes, kept per model and
+    """`GPTPrior.decode_step` (called as step(model, x, pos, caches)) compiled for a fixed shape, and the KV caches it writes, kept per model and
     row count: the caches are allocated once so that CUDA graphs (mode "reduce-overhead" on CUDA)
     replay on the same addresses, and later calls neither retrace nor reallocate. On the CPU the
     default inductor mode is used. Weights are read at run time (not frozen), so training between
@@ -352,7 +352,8 @@ def compiled_decoding(model: GPTPrior, rows: int):
             for tensor in (t for pair in caches for t in pair):
                 torch._dynamo.mark_static_address(tensor)
         mode = "reduce-overhead" if model.device.type == "cuda" else None
-        entries[key] = (torch.compile(model.decode_step, fullgraph=True, dynamic=False, mode=mode), caches)
+        # the unbound method: a bound one in the value would keep the weak key (the model) alive
+        entries[key] = (torch.compile(GPTPrior.decode_step, fullgraph=True, dynamic=False, mode=mode), caches)
     return entries[key]
 
 

@@ -1,5 +1,8 @@
 """GPTPrior: memory-aware loss == plain cross-entropy, KV-cache sampling == recomputing the whole
 prefix, batched guidance == the formula on separate passes, logit filters == transformers' warpers."""
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -96,6 +99,10 @@ def test_compiled_generation_gives_the_eager_tokens():
     again = model.generate(labels, generator=torch.Generator().manual_seed(5), compile=True, **kwargs)
     assert torch.equal(compiled, eager) and torch.equal(again, eager)
     assert compiled_decoding(model, 6)[0] is step  # reused, not traced again
+    alive = weakref.ref(model)
+    del model, step
+    gc.collect()
+    assert alive() is None  # the compiled step and its caches do not keep the model alive
 
 
 def test_generation_is_deterministic_per_generator_and_in_range():
