@@ -6,7 +6,8 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import dit_speed, gpt_sampling, search_throughput  # noqa: E402
+from benchmarks import dit_speed, gpt_sampling, search_gpu, search_throughput  # noqa: E402
+from lcgen.tokenizer.quantizers.triton_search import interpreting, triton_importable  # noqa: E402
 
 
 def test_gpt_sampling_smoke():
@@ -31,3 +32,10 @@ def test_search_throughput_smoke():
     rows = search_throughput.main(["--size", "smallest", "--tokens", "256", "--rounds", "1"])
     assert {r["method"] for r in rows} == set(search_throughput.METHODS)
     assert all(r["exact_on_sample"] for r in rows)
+
+
+@pytest.mark.skipif(not (triton_importable() and interpreting()), reason="needs triton and TRITON_INTERPRET=1")
+def test_search_gpu_smoke_in_the_triton_interpreter():
+    rows = search_gpu.main(["--device", "cpu", "--smoke"])
+    assert {r["method"] for r in rows} == set(search_gpu.METHODS) and len(rows) == 2 * len(search_gpu.METHODS)
+    assert all(r["exact_on_sample"] and r["tokens_per_s"] > 0 for r in rows)

@@ -9,9 +9,10 @@ so the runner-up is tracked too: any row whose best and second-best scores are c
 rigorous fp32 error bound is re-searched in fp64. The result equals an fp64 brute-force argmin
 except on exact ties (lowest index wins).
 
-That blocked brute force (`blocked_search`) is one of two methods; at small D and large K on CPU
-(VQGAN-LC's D' = 8) a k-d tree (`kdtree_search`) gives the same answer several times faster, and
-`resolve_method` picks between them by shape.
+That blocked brute force (`blocked_search`) is one of three methods; at small D and large K on CPU
+(VQGAN-LC's D' = 8) a k-d tree (`kdtree_search`) gives the same answer several times faster; on
+CUDA a fused Triton kernel (`triton_search`) scores tiles in registers with the brute force's fp32
+rounding, so the same fp64 re-check applies. `resolve_method` picks between them by shape and device.
 """
 from __future__ import annotations
 
@@ -19,14 +20,18 @@ import torch
 
 from .blocked_search import DEFAULT_MEMORY_BUDGET, error_bound, prepare_queries, running_best
 from .kdtree_search import kdtree_nearest
+from .triton_search import fused_running_best, triton_usable
 
-METHODS = ("auto", "brute", "kdtree")
+METHODS = ("auto", "brute", "kdtree", "triton")
 # "auto" takes the k-d tree for l2 at D <= KDTREE_MAX_DIM and K >= KDTREE_MIN_CODES on CPU. Measured
 # on a 2-core CPU, D = 8, 12,544 queries: the tree is 0.3x the brute force at K = 1,024, 0.7x at
-# 4,096, 1.4x (synthetic) to 2.8x (trained LC codes) at 16,384, 6x at 50,000, 9x at 100,000. On a
-# GPU the brute-force GEMM is used.
+# 4,096, 1.4x (synthetic) to 2.8x (trained LC codes) at 16,384, 6x at 50,000, 9x at 100,000.
 KDTREE_MAX_DIM = 16
 KDTREE_MIN_CODES = 16384
+# On CUDA "auto" takes the fused Triton kernel at D <= TRITON_MAX_DIM, where the brute force's cost is
+# writing and re-reading its score blocks (16 flops a score at D = 8 against 8 bytes of traffic), and
+# the cuBLAS GEMM brute force above it. Not yet measured on a GPU (none was lent): a by-reasoning default.
+TRITON_MAX_DIM = 32
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "METHODS", "nearest_code", "best_row_per_code", "resolve_method"]
 
@@ -37,8 +42,13 @@ def resolve_method(method: str, x: torch.Tensor, codes: torch.Tensor, distance: 
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "kdtree" and (distance != "l2" or x.device.type != "cpu"):
         raise ValueError("method='kdtree' supports distance='l2' on CPU tensors only")
+    if method == "triton" and not triton_usable(x.device):
+        raise ValueError("method='triton' needs CUDA tensors and the triton package (or TRITON_INTERPRET=1 "
+                         f"for CPU tensors); got a {x.device.type} tensor")
     if method != "auto":
         return method
+    if x.device.type == "cuda":
+        return "triton" if codes.shape[1] <= TRITON_MAX_DIM and triton_usable(x.device) else "brute"
     small_d_large_k = codes.shape[1] <= KDTREE_MAX_DIM and codes.shape[0] >= KDTREE_MIN_CODES
     return "kdtree" if distance == "l2" and small_d_large_k and x.device.type == "cpu" else "brute"
 
@@ -51,8 +61,9 @@ def nearest_code(x: torch.Tensor, codes: torch.Tensor, distance: str = "l2",
     cosine similarity). Returns int64 (N,). Extra memory is about `memory_budget` bytes plus
     O(N) (plus a normalised copy of x for 'cos'; plus the tree for "kdtree").
     exact=False skips the fp64 re-check. method: "brute" scores every code; "kdtree" searches
-    scipy's k-d tree in fp64 (`kdtree_search`; l2 on CPU), with the same answer; "auto" picks by
-    shape (`resolve_method`).
+    scipy's k-d tree in fp64 (`kdtree_search`; l2 on CPU), with the same answer; "triton" the fused
+    kernel (`triton_search`; CUDA, or CPU under TRITON_INTERPRET=1), with the same answer; "auto"
+    picks by shape and device (`resolve_method`).
     """
     if distance not in ("l2", "cos"):
         raise ValueError(f"distance must be 'l2' or 'cos', got {distance!r}")
@@ -65,7 +76,10 @@ def nearest_code(x: torch.Tensor, codes: torch.Tensor, distance: str = "l2",
             idx, unsure = kdtree_nearest(x.detach(), codes, prove=exact)
         else:
             x32 = prepare_queries(x.detach(), distance)
-            best, idx, second = running_best(x32, codes, distance, memory_budget, track_second=exact)
+            if method == "triton":
+                best, idx, second = fused_running_best(x32, codes, distance, track_second=exact)
+            else:
+                best, idx, second = running_best(x32, codes, distance, memory_budget, track_second=exact)
             # Every fp32 score is within `bound` of the exact one; a gap above 2*bound proves the winner.
             unsure = (second - best) <= 2 * error_bound(x32, codes, distance) if exact and codes.shape[0] > 1 else None
         if exact and unsure is not None and unsure.any():
