@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from lcgen.strict_loading import StrictLoadingMixin
+
 # (depth, width, heads) as the DiT paper; "T" is a small CPU size. Patch sizes 1, 2, 4, 8.
 DIT_SIZES = {"T": (4, 128, 4), "S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 
@@ -78,7 +80,7 @@ class _DiTBlock(nn.Module):
         return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
 
 
-class DiTModel(ModelMixin, ConfigMixin):
+class DiTModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
     """DiT on (B, in_channels, sample_size, sample_size) latents.
 
     Args:

@@ -24,6 +24,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch.utils.checkpoint import checkpoint
 
+from lcgen.strict_loading import StrictLoadingMixin
 from .sampling import guide, sample_tokens
 
 # named sizes: (layers, heads, width). B/L/XL/XXL/XXXL/3B as LlamaGen; T and S are small CPU sizes.
@@ -141,7 +142,7 @@ class _Block(nn.Module):
         return x + self.drop(self.ffn(self.ffn_norm(x)))
 
 
-class GPTPrior(ModelMixin, ConfigMixin):
+class GPTPrior(StrictLoadingMixin, ModelMixin, ConfigMixin):
     """Autoregressive prior p(indices | class).
 
     Args:

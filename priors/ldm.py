@@ -13,6 +13,8 @@ from diffusers import UNet2DConditionModel, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from lcgen.strict_loading import StrictLoadingMixin
+
 # name -> (block_out_channels, layers_per_block, attention on each level)
 # "LDM-T" is a single-level CPU size (works on odd latent sides such as 7x7); "LDM-B" follows the
 # VQGAN-LC ldm-lc recipe's 256-channel UNet on 8x16x16 latents (channel multipliers inferred from
@@ -33,7 +35,7 @@ LDM_CROSS_ATTENTION_SIZES = {
 }
 
 
-class ClassCrossAttentionUNet(ModelMixin, ConfigMixin):
+class ClassCrossAttentionUNet(StrictLoadingMixin, ModelMixin, ConfigMixin):
     """latent-diffusion's class conditioning: a learned class embedding (its `ClassEmbedder`: num_classes
     + 1 rows, the last the null class of classifier-free guidance) is the one-token cross-attention
     context of every spatial transformer of diffusers' `UNet2DConditionModel`, which is latent-diffusion's

@@ -18,6 +18,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
 from lcgen.checks import check_positive_int
+from lcgen.strict_loading import StrictLoadingMixin
 
 from .backbones import VQVAEDecoder, VQVAEEncoder, build_vqgan
 from .quantizers import KINDS, build_quantizer
@@ -51,7 +52,7 @@ class TokenizerOutput(BaseOutput):
     quantizer_loss: torch.Tensor = None
 
 
-class VQTokenizer(ModelMixin, ConfigMixin):
+class VQTokenizer(StrictLoadingMixin, ModelMixin, ConfigMixin):
     """Image tokenizer. Backbones: "vqgan" (taming, f = 2^(len(ch_mult)-1)) or "vqvae" (CVQ/LooC, f = 4).
 
     Args:
