@@ -1,12 +1,14 @@
-"""The speed benchmarks run end to end at smoke sizes (seconds): each prints its ratios against its
-peers, and the search benchmark's every method equals the fp64 brute force on its sample."""
+"""The benchmarks run end to end at smoke sizes (seconds): each speed benchmark prints its ratios
+against its peers, the search benchmark's every method equals the fp64 brute force on its sample,
+and the usage-against-tokens count agrees with the evaluation's own counter."""
 import os
 import sys
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import dit_speed, gpt_sampling, search_gpu, search_throughput  # noqa: E402
+from benchmarks import dit_speed, gpt_sampling, search_gpu, search_throughput, usage_vs_tokens  # noqa: E402
 from lcgen.tokenizer.quantizers.triton_search import interpreting, triton_importable  # noqa: E402
 
 
@@ -39,3 +41,34 @@ def test_search_gpu_smoke_in_the_triton_interpreter():
     rows = search_gpu.main(["--device", "cpu", "--smoke"])
     assert {r["method"] for r in rows} == set(search_gpu.METHODS) and len(rows) == 2 * len(search_gpu.METHODS)
     assert all(r["exact_on_sample"] and r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_shifted_images_move_by_one_pixel_over_the_background():
+    x = torch.arange(1.0, 10.0).view(1, 1, 3, 3)
+    down = usage_vs_tokens.shifted(x, 1, 0)
+    assert down[0, 0].tolist() == [[-1, -1, -1], [1, 2, 3], [4, 5, 6]]
+    left = usage_vs_tokens.shifted(x, 0, -1)
+    assert left[0, 0].tolist() == [[2, 3, -1], [5, 6, -1], [8, 9, -1]]
+
+
+def test_usage_vs_tokens_counts_as_the_evaluation_does(tmp_path):
+    from tiny import tiny_tokenizer
+
+    from lcgen.data import build_dataset
+    from lcgen.eval.metrics import CodebookUsage
+
+    tok = tiny_tokenizer().eval()
+    tok.save_pretrained(tmp_path)
+    rows = usage_vs_tokens.main([str(tmp_path), "--max-images", "48", "--variants", "3"])
+    assert [r["variants"] for r in rows] == [1] * 6 + [2, 3]
+    k, m = tok.config.codebook_size, tok.quantizer.num_chunks
+    full = rows[5]
+    assert full["images"] == 48 and full["tokens_per_code"] == round(48 * 49 * m / k, 2)
+    assert rows[-1]["tokens_per_code"] == round(3 * 48 * 49 * m / k, 2)
+    usage = CodebookUsage.for_quantizer(tok.quantizer)  # the library's own counter, on the same images
+    with torch.no_grad():
+        usage.update(tok.encode(torch.stack([build_dataset("fashion-mnist", "train", channels=1, max_samples=48)[i]
+                                             ["pixel_values"] for i in range(48)])).indices)
+    assert full["utilisation"] == pytest.approx(usage.summary()["utilisation"])
+    util = [r["utilisation"] for r in rows]
+    assert util[:6] == sorted(util[:6]) and util[5:] == sorted(util[5:])  # counts only grow
