@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # hard cap, in bytes, on the score buffer
 CODE_BLOCK = 2048  # codes per block
+FOLD_BIAS_MAX_DIM = 32  # fold the l2 bias into the GEMM up to this D (the copy of x it needs is small)
 _FP32_UNIT_ROUNDOFF = 2.0**-24
 
 
@@ -49,16 +50,24 @@ def running_best(x, codes, distance, memory_budget, gumbel: torch.Generator | No
     best_idx = torch.zeros(n, dtype=torch.long, device=x.device)
     second = x.new_full((n,), math.inf)
     buffer = x.new_empty(token_block * code_block)
+    # At small D the score block's passes, not the GEMM, are the cost: the l2 bias ||e||^2 then rides
+    # in the GEMM as one more coordinate ([x, 1] . [-2e, ||e||^2]) instead of being copied into the
+    # block first (a length-(D+1) dot product, inside error_bound's gamma_(D+4))
+    fold_bias = distance == "l2" and x.shape[1] <= FOLD_BIAS_MAX_DIM
+    if fold_bias:
+        x = torch.cat([x, x.new_ones(n, 1)], dim=1)
     for c0 in range(0, k, code_block):
         cb = codes[c0:c0 + code_block].to(x.dtype)
         if distance == "cos":
-            cb = F.normalize(cb, dim=-1)
-        bias = cb.pow(2).sum(-1).unsqueeze(0) if distance == "l2" else None
+            cb = F.normalize(cb, dim=-1).neg()  # scores -x.e straight from the GEMM
+        elif fold_bias:
+            cb = torch.cat([cb * -2.0, cb.pow(2).sum(-1, keepdim=True)], dim=1)
+        bias = cb.pow(2).sum(-1).unsqueeze(0) if distance == "l2" and not fold_bias else None
         for t0 in range(0, n, token_block):
             xb = x[t0:t0 + token_block]
             s = buffer[: xb.shape[0] * cb.shape[0]].view(xb.shape[0], cb.shape[0])
-            if distance == "cos":
-                torch.mm(xb, cb.t(), out=s).neg_()
+            if bias is None:
+                torch.mm(xb, cb.t(), out=s)
             else:
                 torch.addmm(bias, xb, cb.t(), alpha=-2.0, out=s)
             if gumbel is not None:
