@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lcgen.data import build_dataset, collate_skipping_bad  # noqa: E402
+from lcgen.eval.metrics import CodebookUsage  # noqa: E402
 from lcgen.tokenizer import VQTokenizer  # noqa: E402
 
 # (mirror, dy, dx): the image, its four 1-pixel shifts, then the same for its mirror image
@@ -38,12 +39,12 @@ def shifted(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return out
 
 
-def usage_row(counts: torch.Tensor, **extra) -> dict:
-    k = counts.numel()
-    p = counts.double() / counts.sum()
-    nz = p[p > 0]
-    return {**extra, "tokens_per_code": round(int(counts.sum()) / k, 2), "utilisation": float((counts > 0).double().mean()),
-            "perplexity": float(torch.exp(-(nz * nz.log()).sum())), "codes_hit_once": int((counts == 1).sum())}
+def usage_row(usage: CodebookUsage, **extra) -> dict:
+    """The evaluation's utilisation and perplexity, with tokens per code and the codes hit exactly once."""
+    hits = usage.counts.sum(0) if usage.shared_codebook else usage.counts  # what one code's use is
+    summary = usage.summary()
+    return {**extra, "tokens_per_code": round(int(hits.sum()) / hits.numel(), 2), "utilisation": summary["utilisation"],
+            "perplexity": summary["perplexity"], "codes_hit_once": int((hits == 1).sum())}
 
 
 @torch.no_grad()
@@ -51,23 +52,23 @@ def measure(model_dir: str, dataset: str = "fashion-mnist", variants: int = len(
             max_images: int | None = None, batch_size: int = 1000) -> list[dict]:
     model = VQTokenizer.from_pretrained(model_dir).eval()
     data = build_dataset(dataset, "train", channels=model.config.in_channels, max_samples=max_images)
-    k = model.config.codebook_size
 
-    def indices(transform):
-        rows = [model.encode(transform(b["pixel_values"])).indices.reshape(len(b["pixel_values"]), -1)
-                for b in DataLoader(data, batch_size=batch_size, collate_fn=collate_skipping_bad)]
-        return torch.cat(rows)
+    def indices(transform):  # (N, H, W[, m]) for the whole split
+        return torch.cat([model.encode(transform(b["pixel_values"])).indices
+                          for b in DataLoader(data, batch_size=batch_size, collate_fn=collate_skipping_bad)])
 
     plain = indices(lambda x: x)
     rows = []
     for share in PREFIXES:
         n = max(1, round(share * len(plain)))
-        rows.append(usage_row(torch.bincount(plain[:n].reshape(-1), minlength=k), images=n, variants=1))
-    counts = torch.bincount(plain.reshape(-1), minlength=k)
+        prefix = CodebookUsage.for_quantizer(model.quantizer)
+        prefix.update(plain[:n])
+        rows.append(usage_row(prefix, images=n, variants=1))
+    usage = CodebookUsage.for_quantizer(model.quantizer)  # cumulative over the variants
+    usage.update(plain)
     for v, (mirror, dy, dx) in enumerate(VARIANTS[1:variants], start=2):
-        idx = indices(lambda x, m=mirror, a=dy, b=dx: shifted(x.flip(-1) if m else x, a, b))
-        counts += torch.bincount(idx.reshape(-1), minlength=k)
-        rows.append(usage_row(counts, images=len(plain), variants=v, last={"mirror": mirror, "dy": dy, "dx": dx}))
+        usage.update(indices(lambda x, m=mirror, a=dy, b=dx: shifted(x.flip(-1) if m else x, a, b)))
+        rows.append(usage_row(usage, images=len(plain), variants=v, last={"mirror": mirror, "dy": dy, "dx": dx}))
     return rows
 
 

@@ -25,6 +25,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch.utils.checkpoint import checkpoint
 
 from lcgen.strict_loading import StrictLoadingMixin
+
 from .sampling import guide, sample_tokens
 
 # named sizes: (layers, heads, width). B/L/XL/XXL/XXXL/3B as LlamaGen; T and S are small CPU sizes.

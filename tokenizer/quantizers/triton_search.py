@@ -3,9 +3,9 @@
 One program takes a block of query rows and walks the whole codebook a tile at a time: the tile's
 scores (||e||^2 - 2 x.e for 'l2', -x.e for 'cos') are a `tl.dot` in true fp32 (no TF32, so the
 rounding is the blocked search's and `blocked_search.error_bound` still bounds it), folded into the
-row's running best, its index and its runner-up in registers, and dropped. Memory is O(N + K): the
-brute force instead writes and re-reads every score, which at VQGAN-LC's D' = 8 costs more than the
-16 flops each score takes. `search.nearest_code` proves or re-checks the winners in fp64 as for the
+row's running best, its index and its runner-up in registers, and dropped. Memory beyond a contiguous
+fp32 copy of the codes is O(N + K): the brute force instead writes and re-reads every score, which
+at VQGAN-LC's D' = 8 costs more than the 16 flops each score takes. `search.nearest_code` proves or re-checks the winners in fp64 as for the
 brute force, so the answer is the same.
 
 Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (Triton's interpreter; how the
