@@ -102,8 +102,8 @@ def test_kdtree_ties_pick_lowest_index():
 
 def test_auto_method_by_shape_and_device():
     x = torch.randn(4, 8)
-    assert resolve_method("auto", x, torch.randn(100000, 8), "l2") == "kdtree"  # VQGAN-LC's D' = 8
-    assert resolve_method("auto", x, torch.randn(1024, 8), "l2") == "brute"
+    assert resolve_method("auto", x, torch.randn(100000, 8), "l2") == "kdtree-simd"  # VQGAN-LC's D' = 8
+    assert resolve_method("auto", x, torch.randn(1024, 8), "l2") == "kdtree-simd"
     assert resolve_method("auto", torch.randn(4, 64), torch.randn(100000, 64), "l2") == "brute"
     assert resolve_method("auto", x, torch.randn(100000, 8), "cos") == "brute"
     with pytest.raises(ValueError, match="kdtree"):

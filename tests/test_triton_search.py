@@ -66,7 +66,7 @@ def test_triton_method_needs_cuda_or_the_interpreter(monkeypatch):
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         nearest_code(torch.randn(4, 8), torch.randn(10, 8), method="triton")
     # "auto" never picks it for CPU tensors; on CUDA it does up to TRITON_MAX_DIM
-    assert resolve_method("auto", torch.randn(4, 8), torch.randn(100000, 8), "l2") == "kdtree"
+    assert resolve_method("auto", torch.randn(4, 8), torch.randn(100000, 8), "l2") == "kdtree-simd"
     monkeypatch.setattr(search, "triton_usable", lambda device: device.type == "cuda")
     on_cuda = types.SimpleNamespace(device=torch.device("cuda"))
     assert resolve_method("auto", on_cuda, torch.randn(10, 8), "l2") == "triton"

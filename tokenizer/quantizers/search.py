@@ -9,21 +9,32 @@ so the runner-up is tracked too: any row whose best and second-best scores are c
 rigorous fp32 error bound is re-searched in fp64. The result equals an fp64 brute-force argmin
 except on exact ties (lowest index wins).
 
-That blocked brute force (`blocked_search`) is one of three methods; at small D and large K on CPU
-(VQGAN-LC's D' = 8) a k-d tree (`kdtree_search`) gives the same answer several times faster; on
-CUDA a fused Triton kernel (`triton_search`) scores tiles in registers with the brute force's fp32
-rounding, so the same fp64 re-check applies. `resolve_method` picks between them by shape and device.
+That blocked brute force (`blocked_search`) is one of four methods; at small D on CPU (VQGAN-LC's
+D' = 8) lcgen's compiled k-d tree with vectorised leaves (`simd_kdtree`) gives the same answer
+several times faster, and scipy's k-d tree (`kdtree_search`) is its fallback and the fp64-input
+path; on CUDA a fused Triton kernel (`triton_search`) scores tiles in registers with the brute
+force's fp32 rounding, so the same fp64 re-check applies. `resolve_method` picks between them by
+shape, dtype and device.
 """
 from __future__ import annotations
 
 import torch
 
 from .blocked_search import DEFAULT_MEMORY_BUDGET, error_bound, prepare_queries, running_best
+from . import simd_kdtree
 from .kdtree_search import kdtree_nearest
 from .triton_search import fused_running_best, triton_usable
 
-METHODS = ("auto", "brute", "kdtree", "triton")
-# "auto" takes the k-d tree for l2 at D <= KDTREE_MAX_DIM and K >= KDTREE_MIN_CODES on CPU. Measured
+METHODS = ("auto", "brute", "kdtree", "kdtree-simd", "triton")
+# "auto" takes lcgen's SIMD k-d tree for l2 on CPU with fp32 (or narrower) inputs, whose conversion
+# to fp32 is exact, where it beat the blocked brute force: 8,192 queries against a projected
+# Gaussian codebook, 2-core CPU, against K = 64 / 1,024 / 16,384 / 100,000 codes: D = 8: 1.9x /
+# 2.8x / 8.4x / 13x; D = 16: 2.3x / 1.6x / 1.8x / 0.78x; D = 32: 1.4x / 1.1x / 0.67x / 0.23x
+# (pruning fades with D). So: any K up to D = 8, K <= 16,384 up to D = 16, K <= 1,024 up to D = 32.
+SIMD_KDTREE_MAX_CODES = ((8, None), (16, 16384), (32, 1024))  # (largest D, largest K there)
+SIMD_KDTREE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Otherwise (fp64 inputs, or no compiler) scipy's k-d tree for l2 at D <= KDTREE_MAX_DIM and
+# K >= KDTREE_MIN_CODES on CPU. Measured
 # on a 2-core CPU, D = 8, 12,544 queries: the tree is 0.3x the brute force at K = 1,024, 0.7x at
 # 4,096, 1.4x (synthetic) to 2.8x (trained LC codes) at 16,384, 6x at 50,000, 9x at 100,000.
 KDTREE_MAX_DIM = 16
@@ -42,6 +53,17 @@ def resolve_method(method: str, x: torch.Tensor, codes: torch.Tensor, distance: 
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "kdtree" and (distance != "l2" or x.device.type != "cpu"):
         raise ValueError("method='kdtree' supports distance='l2' on CPU tensors only")
+    if method == "kdtree-simd":
+        if distance != "l2" or x.device.type != "cpu":
+            raise ValueError("method='kdtree-simd' supports distance='l2' on CPU tensors only")
+        if x.dtype not in SIMD_KDTREE_DTYPES or codes.dtype not in SIMD_KDTREE_DTYPES:
+            raise ValueError("method='kdtree-simd' searches in fp32 and takes fp32, fp16 or bf16 tensors; got "
+                             f"{x.dtype} and {codes.dtype} (method='kdtree' searches fp64 inputs in fp64)")
+        if codes.shape[1] > simd_kdtree.MAX_DIM:
+            raise ValueError(f"method='kdtree-simd' takes D <= {simd_kdtree.MAX_DIM}, got D = {codes.shape[1]}")
+        if not simd_kdtree.available():
+            raise ValueError("method='kdtree-simd' needs its C++ extension, which could not be built here "
+                             "(a C++ compiler and ninja are needed; see the warning)")
     if method == "triton" and not triton_usable(x.device):
         raise ValueError("method='triton' needs CUDA tensors and the triton package (or TRITON_INTERPRET=1 "
                          f"for CPU tensors); got a {x.device.type} tensor")
@@ -49,8 +71,14 @@ def resolve_method(method: str, x: torch.Tensor, codes: torch.Tensor, distance: 
         return method
     if x.device.type == "cuda":
         return "triton" if codes.shape[1] <= TRITON_MAX_DIM and triton_usable(x.device) else "brute"
+    if distance != "l2" or x.device.type != "cpu":
+        return "brute"
+    d, k = codes.shape[1], codes.shape[0]
+    tree_wins = any(d <= max_d and (max_k is None or k <= max_k) for max_d, max_k in SIMD_KDTREE_MAX_CODES)
+    if tree_wins and x.dtype in SIMD_KDTREE_DTYPES and codes.dtype in SIMD_KDTREE_DTYPES and simd_kdtree.available():
+        return "kdtree-simd"
     small_d_large_k = codes.shape[1] <= KDTREE_MAX_DIM and codes.shape[0] >= KDTREE_MIN_CODES
-    return "kdtree" if distance == "l2" and small_d_large_k and x.device.type == "cpu" else "brute"
+    return "kdtree" if small_d_large_k else "brute"
 
 
 def nearest_code(x: torch.Tensor, codes: torch.Tensor, distance: str = "l2",
@@ -61,7 +89,9 @@ def nearest_code(x: torch.Tensor, codes: torch.Tensor, distance: str = "l2",
     cosine similarity). Returns int64 (N,). Extra memory is about `memory_budget` bytes plus
     O(N) (plus a normalised copy of x for 'cos'; plus the tree for "kdtree").
     exact=False skips the fp64 re-check. method: "brute" scores every code; "kdtree" searches
-    scipy's k-d tree in fp64 (`kdtree_search`; l2 on CPU), with the same answer; "triton" the fused
+    scipy's k-d tree in fp64 (`kdtree_search`; l2 on CPU), with the same answer; "kdtree-simd"
+    lcgen's compiled k-d tree in fp32 (`simd_kdtree`; l2 on CPU, fp32/fp16/bf16 inputs, D <= 32),
+    with the same answer; "triton" the fused
     kernel (`triton_search`; CUDA, or CPU under TRITON_INTERPRET=1), with the same answer; "auto"
     picks by shape and device (`resolve_method`).
     """
@@ -69,11 +99,16 @@ def nearest_code(x: torch.Tensor, codes: torch.Tensor, distance: str = "l2",
         raise ValueError(f"distance must be 'l2' or 'cos', got {distance!r}")
     if x.ndim != 2 or codes.ndim != 2 or x.shape[1] != codes.shape[1]:
         raise ValueError(f"expected x (N, D) and codes (K, D), got {tuple(x.shape)} and {tuple(codes.shape)}")
+    asked = method
     method = resolve_method(method, x, codes, distance)
+    if method == "kdtree-simd" and asked == "auto" and not bool(torch.isfinite(codes).all()):
+        method = "brute"  # a diverged codebook: the tree refuses non-finite codes, the brute force ranks them
     with torch.autocast(device_type=x.device.type, enabled=False), torch.no_grad():
         codes = codes.detach()
         if method == "kdtree":  # fp64 distances from the queries as given
             idx, unsure = kdtree_nearest(x.detach(), codes, prove=exact)
+        elif method == "kdtree-simd":  # fp32 distances from the queries as given (exactly convertible)
+            idx, unsure = simd_kdtree.simd_kdtree_nearest(x.detach(), codes)
         else:
             x32 = prepare_queries(x.detach(), distance)
             if method == "triton":

@@ -1,0 +1,124 @@
+"""lcgen's compiled k-d tree (`simd_kdtree`): the fp64 argmin (ties to the lowest index) through
+every leaf shape, the fp32 proof's near ties and underflow, and the refusals; it is compiled here
+(a build failure is a failure, not a skip: "auto" takes this path on every CPU)."""
+import pytest
+import torch
+
+from lcgen.tokenizer.quantizers import search, simd_kdtree
+from lcgen.tokenizer.quantizers.search import nearest_code, resolve_method
+
+LEAF = 128  # codes a leaf in csrc/simd_kdtree.cpp: sizes around it exercise the padded last leaf
+
+
+def fp64_argmin(x, codes):
+    return torch.cdist(x.double(), codes.double()).argmin(1)
+
+
+def test_the_extension_builds_here():
+    assert simd_kdtree.available()
+
+
+@pytest.mark.parametrize("k", [1, 2, LEAF - 1, LEAF, LEAF + 1, 3 * LEAF + 5, 20000])
+@pytest.mark.parametrize("d", [1, 3, 8, 16])
+def test_matches_fp64_argmin(k, d):
+    g = torch.Generator().manual_seed(k * 31 + d)
+    codes, x = torch.randn(k, d, generator=g), torch.randn(700, d, generator=g)
+    assert torch.equal(nearest_code(x, codes, method="kdtree-simd"), fp64_argmin(x, codes))
+
+
+def test_clustered_and_offset_codes():
+    # clusters (where the tree prunes most) and the large-offset, small-spread case that cancels
+    # catastrophically in ||e||^2 - 2 x.e: here differences are taken first, so it does not
+    g = torch.Generator().manual_seed(5)
+    centres = 4 * torch.randn(50, 8, generator=g)
+    codes = centres.repeat_interleave(400, 0) + 0.05 * torch.randn(20000, 8, generator=g)
+    x = centres.repeat(40, 1) + 0.1 * torch.randn(2000, 8, generator=g)
+    assert torch.equal(nearest_code(x, codes, method="kdtree-simd"), fp64_argmin(x, codes))
+    codes, x = 20 + 0.01 * torch.randn(20000, 8, generator=g), 20 + 0.01 * torch.randn(3000, 8, generator=g)
+    assert torch.equal(nearest_code(x, codes, method="kdtree-simd"), fp64_argmin(x, codes))
+
+
+def test_ties_go_to_the_lowest_index_and_exact_hits_are_rechecked():
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randn(20000, 8, generator=g)
+    codes[15000] = codes[3]
+    codes[17] = codes[19999]
+    x = torch.stack([codes[3], codes[19999], codes[3] + 1e-3, codes[42]])
+    _, unproven = simd_kdtree.simd_kdtree_nearest(x, codes)
+    # exact ties (rows 0-2) and distance 0, which has no relative error bound to prove it by (it
+    # could be an underflow; row 3), are all re-checked
+    assert unproven.tolist() == [True, True, True, True]
+    assert nearest_code(x, codes, method="kdtree-simd").tolist() == [3, 17, 3, 42]
+
+
+def test_a_gap_below_fp32_resolution_is_flagged_and_settled_in_fp64():
+    # code 0 is at squared distance 1 + 2^-26 from the query, code 1 at exactly 1: fp32 rounds both
+    # to 1.0 (a tie the scan would give to whichever it meets first); fp64 orders them
+    codes = torch.zeros(600, 8)
+    codes[0, 0], codes[0, 1] = 1.0, 2.0**-13
+    codes[1, 0] = -1.0
+    codes[2:] = torch.randn(598, 8, generator=torch.Generator().manual_seed(4)) + 6
+    q = torch.zeros(1, 8)
+    assert (q - codes[0]).square().sum() == (q - codes[1]).square().sum()  # equal in fp32
+    _, unproven = simd_kdtree.simd_kdtree_nearest(q, codes)
+    assert unproven.item()
+    assert nearest_code(q, codes, method="kdtree-simd").item() == 1 == fp64_argmin(q, codes).item()
+
+
+def test_underflowing_distances_are_rechecked():
+    g = torch.Generator().manual_seed(9)
+    codes = 1e-21 * torch.randn(1000, 8, generator=g)  # squares of 1e-21 are below fp32's normal range
+    x = 1e-21 * torch.randn(200, 8, generator=g)
+    _, unproven = simd_kdtree.simd_kdtree_nearest(x, codes)
+    assert unproven.all()
+    assert torch.equal(nearest_code(x, codes, method="kdtree-simd"), fp64_argmin(x, codes))
+
+
+def test_one_or_two_threads_and_half_precision_inputs_agree():
+    g = torch.Generator().manual_seed(11)
+    codes, x = torch.randn(5000, 8, generator=g), torch.randn(3000, 8, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = nearest_code(x, codes, method="kdtree-simd")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, nearest_code(x, codes, method="kdtree-simd"))
+    for dtype in (torch.float16, torch.bfloat16):  # exactly representable in fp32
+        xh, ch = x.to(dtype), codes.to(dtype)
+        assert torch.equal(nearest_code(xh, ch, method="kdtree-simd"), fp64_argmin(xh, ch))
+    assert nearest_code(x[:0], codes, method="kdtree-simd").shape == (0,)
+
+
+def test_auto_takes_it_on_cpu_and_falls_back():
+    x, codes = torch.randn(4, 8), torch.randn(100000, 8)
+    assert resolve_method("auto", x, codes, "l2") == "kdtree-simd"
+    assert resolve_method("auto", x, torch.randn(64, 8), "l2") == "kdtree-simd"
+    assert resolve_method("auto", x.double(), codes, "l2") == "kdtree"  # fp64 inputs: searched in fp64
+    assert resolve_method("auto", torch.randn(4, 16), torch.randn(16384, 16), "l2") == "kdtree-simd"
+    assert resolve_method("auto", torch.randn(4, 16), torch.randn(16385, 16), "l2") == "kdtree"  # pruning fades
+    assert resolve_method("auto", torch.randn(4, 32), torch.randn(1025, 32), "l2") == "brute"
+    assert resolve_method("auto", torch.randn(4, 64), torch.randn(1000, 64), "l2") == "brute"
+    assert resolve_method("auto", x, codes, "cos") == "brute"
+    bad = torch.randn(300, 8)
+    bad[7, 2] = float("nan")  # a diverged codebook: auto ranks it by brute force rather than refuse
+    assert nearest_code(x, bad).shape == (4,)
+
+
+def test_without_a_compiler_auto_keeps_scipys_tree(monkeypatch):
+    monkeypatch.setattr(search.simd_kdtree, "available", lambda: False)
+    assert resolve_method("auto", torch.randn(4, 8), torch.randn(100000, 8), "l2") == "kdtree"
+    assert resolve_method("auto", torch.randn(4, 8), torch.randn(1024, 8), "l2") == "brute"
+    with pytest.raises(ValueError, match="could not be built"):
+        nearest_code(torch.randn(4, 8), torch.randn(10, 8), method="kdtree-simd")
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: nearest_code(torch.randn(4, 8), torch.randn(10, 8), "cos", method="kdtree-simd"), "l2"),
+    (lambda: nearest_code(torch.randn(4, 8).double(), torch.randn(10, 8), method="kdtree-simd"), "fp64"),
+    (lambda: nearest_code(torch.randn(4, 40), torch.randn(10, 40), method="kdtree-simd"), "D <= 32"),
+    (lambda: nearest_code(torch.randn(4, 8), torch.full((10, 8), float("inf")), method="kdtree-simd"), "finite"),
+])
+def test_refusals(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

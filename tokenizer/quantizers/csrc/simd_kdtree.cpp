@@ -1,0 +1,358 @@
+// Exact nearest-code search for low-dimensional codebooks (VQGAN-LC's D' = 8) on the CPU: a k-d tree
+// whose leaves hold LEAF codes stored dimension-major, so one leaf is scored by a vectorised loop
+// (one SIMD lane a code) instead of one code at a time. Distances are fp32 sums of squared
+// differences: every term is non-negative, so each computed distance is within a relative
+// gamma_(D+3) of the exact one; the search keeps the best and the runner-up and marks a row as
+// unproven when the runner-up is not more than that margin above the best (the caller re-searches
+// those rows in fp64). Subtrees are pruned by a lower bound on their distance (Arya & Mount's
+// incremental distance, in fp64) that is slackened below every fp32 rounding, so pruning never drops
+// a code that could change the answer or its proof.
+#ifndef LCGEN_LEAF  // codes a leaf; 128 measured fastest of 16-256 at K = 1,024-100,000, D = 8
+#define LCGEN_LEAF 128
+#endif
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <utility>
+#include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int LEAF = LCGEN_LEAF;
+constexpr int MAX_DIM = 32;
+constexpr double BOUND_SLACK = 1.0 - 1e-11;  // fp64 rounding of the incremental bound, with room
+constexpr float TINY = 1e-30f;    // below this, fp32 squares may be subnormal: no relative bound
+
+struct Node {
+  int32_t dim;     // split dimension; -1 for a leaf
+  int32_t left;    // child index; for a leaf, the leaf's index
+  int32_t right;
+  float left_max;  // largest coordinate `dim` in the left subtree
+  float right_min; // smallest coordinate `dim` in the right subtree
+};
+
+// Nodes a subtree over n codes holds: the left side of a split takes a whole number of leaves
+// (half of them, rounded up), so the shape, and every node's pre-order id, follows from n alone.
+int64_t left_size(int64_t n) { return LEAF * ((((n + LEAF - 1) / LEAF) + 1) / 2); }
+int64_t subtree_nodes(int64_t n) { return n <= LEAF ? 1 : 1 + subtree_nodes(left_size(n)) + subtree_nodes(n - left_size(n)); }
+
+struct Builder {
+  const float* codes;
+  int64_t d;
+  std::vector<int32_t> order;
+  std::vector<std::pair<float, int32_t>> keyed;  // scratch: (coordinate, code) of one node's codes
+  std::vector<Node> nodes;
+
+  // Splits the widest side of the box the ancestors' splits leave (a choice without a scan); the
+  // root's two halves are built by two threads, each into its pre-assigned ids.
+  void build(int32_t id, int64_t lo, int64_t hi, std::vector<float> box_lo, std::vector<float> box_hi, int depth) {
+    const int64_t n = hi - lo;
+    if (n <= LEAF) {
+      nodes[id] = Node{-1, static_cast<int32_t>(lo / LEAF), 0, 0.f, 0.f};
+      return;
+    }
+    int32_t dim = 0;
+    for (int64_t k = 1; k < d; ++k)
+      if (box_hi[k] - box_lo[k] > box_hi[dim] - box_lo[dim]) dim = static_cast<int32_t>(k);
+    const int64_t mid = lo + left_size(n);
+    // partition contiguous (coordinate, code) pairs: one gather instead of a random read a comparison
+    for (int64_t i = lo; i < hi; ++i) keyed[i] = {codes[order[i] * d + dim], order[i]};
+    auto by_key = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) { return a.first < b.first; };
+    std::nth_element(keyed.begin() + lo, keyed.begin() + mid, keyed.begin() + hi, by_key);
+    float left_max = -std::numeric_limits<float>::infinity();
+    for (int64_t i = lo; i < hi; ++i) order[i] = keyed[i].second;
+    for (int64_t i = lo; i < mid; ++i) left_max = std::max(left_max, keyed[i].first);
+    const float right_min = keyed[mid].first;
+    const int32_t left = id + 1;
+    const int32_t right = left + static_cast<int32_t>(subtree_nodes(mid - lo));
+    nodes[id] = Node{dim, left, right, left_max, right_min};
+    std::vector<float> left_hi = box_hi, right_lo = box_lo;
+    left_hi[dim] = left_max;
+    right_lo[dim] = right_min;
+    auto side = [&](int64_t s) {
+      if (s == 0) build(left, lo, mid, box_lo, left_hi, depth + 1);
+      else build(right, mid, hi, right_lo, box_hi, depth + 1);
+    };
+    if (depth < 1) at::parallel_for(0, 2, 1, [&](int64_t b, int64_t e) { for (int64_t s = b; s < e; ++s) side(s); });
+    else { side(0); side(1); }
+  }
+};
+
+// The three kernels, in AVX-512 where the CPU has it and in plain loops otherwise:
+// - box_distance: squared distance from q to the box [lo, hi] (0 inside), a sum of non-negative
+//   rounded squares, so within gamma_(D+3) of the exact value like a code distance;
+// - leaf_distances: the distances from q to the LEAF codes of one leaf (stored dimension-major)
+//   into dist, returning their minimum; each a sum of D rounded squares of rounded differences
+//   (FMA rounds less), in any order, within gamma_(D+3) of the exact value;
+// - below16: bit j set when dist[j] <= t, for j < 16.
+#if defined(__AVX512F__)
+inline float box_distance(const float* lo, const float* hi, const float* q, int64_t d) {
+  float total = 0.f;
+  for (int64_t k0 = 0; k0 < d; k0 += 16) {
+    const __mmask16 m = static_cast<__mmask16>(d - k0 >= 16 ? 0xFFFF : (1u << (d - k0)) - 1);
+    const __m512 qv = _mm512_maskz_loadu_ps(m, q + k0);
+    const __m512 t = _mm512_max_ps(_mm512_max_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, lo + k0), qv),
+                                                 _mm512_sub_ps(qv, _mm512_maskz_loadu_ps(m, hi + k0))),
+                                   _mm512_setzero_ps());
+    total += _mm512_reduce_add_ps(_mm512_mul_ps(t, t));
+  }
+  return total;
+}
+
+constexpr int VECTORS = LEAF / 16;  // 16-lane vectors a leaf
+
+inline float leaf_distances(const float* c, const float* q, int64_t d, float* dist) {
+  static_assert(LEAF % 16 == 0, "whole 16-lane vectors a leaf");
+  __m512 even[VECTORS], odd[VECTORS];  // two FMA chains a vector
+  for (int v = 0; v < VECTORS; ++v) even[v] = odd[v] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 1 < d; k += 2) {
+    const __m512 qe = _mm512_set1_ps(q[k]), qo = _mm512_set1_ps(q[k + 1]);
+    const float* ce = c + k * LEAF;
+    for (int v = 0; v < VECTORS; ++v) {
+      const __m512 te = _mm512_sub_ps(qe, _mm512_loadu_ps(ce + 16 * v));
+      const __m512 to = _mm512_sub_ps(qo, _mm512_loadu_ps(ce + LEAF + 16 * v));
+      even[v] = _mm512_fmadd_ps(te, te, even[v]);
+      odd[v] = _mm512_fmadd_ps(to, to, odd[v]);
+    }
+  }
+  if (k < d) {
+    const __m512 qe = _mm512_set1_ps(q[k]);
+    for (int v = 0; v < VECTORS; ++v) {
+      const __m512 te = _mm512_sub_ps(qe, _mm512_loadu_ps(c + k * LEAF + 16 * v));
+      even[v] = _mm512_fmadd_ps(te, te, even[v]);
+    }
+  }
+  __m512 lowest = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  for (int v = 0; v < VECTORS; ++v) {
+    const __m512 total = _mm512_add_ps(even[v], odd[v]);
+    _mm512_storeu_ps(dist + 16 * v, total);
+    lowest = _mm512_min_ps(lowest, total);
+  }
+  return _mm512_reduce_min_ps(lowest);
+}
+
+inline uint32_t below16(const float* dist, float t) {
+  return _mm512_cmp_ps_mask(_mm512_loadu_ps(dist), _mm512_set1_ps(t), _CMP_LE_OQ);
+}
+#else
+inline float box_distance(const float* lo, const float* hi, const float* q, int64_t d) {
+  float total = 0.f;
+  for (int64_t k = 0; k < d; ++k) {
+    const float t = std::max(std::max(lo[k] - q[k], q[k] - hi[k]), 0.f);
+    total += t * t;
+  }
+  return total;
+}
+
+inline float leaf_distances(const float* c, const float* q, int64_t d, float* dist) {
+  for (int j = 0; j < LEAF; ++j) dist[j] = 0.f;
+  for (int64_t k = 0; k < d; ++k) {
+    const float qk = q[k];
+    const float* ck = c + k * LEAF;
+    for (int j = 0; j < LEAF; ++j) {
+      const float t = qk - ck[j];
+      dist[j] += t * t;
+    }
+  }
+  float lanes[8];  // an element-wise min first, which vectorises, then 8 scalars
+  for (int i = 0; i < 8; ++i) lanes[i] = dist[i];
+  for (int j = 8; j < LEAF; j += 8)
+    for (int i = 0; i < 8; ++i) lanes[i] = std::min(lanes[i], dist[j + i]);
+  float lowest = lanes[0];
+  for (int i = 1; i < 8; ++i) lowest = std::min(lowest, lanes[i]);
+  return lowest;
+}
+
+inline uint32_t below16(const float* dist, float t) {
+  uint32_t bits = 0;
+  for (int j = 0; j < 16; ++j) bits |= static_cast<uint32_t>(dist[j] <= t) << j;
+  return bits;
+}
+#endif
+
+struct Best {
+  float first = std::numeric_limits<float>::infinity();
+  float second = std::numeric_limits<float>::infinity();
+  int32_t index = -1;
+};
+
+struct Searcher {
+  const Node* nodes;
+  const float* leaf_codes;  // (leaves, d, LEAF), +inf padding
+  const int32_t* leaf_ids;  // (leaves, LEAF), -1 padding
+  const float* leaf_box;    // (leaves, 2, d): each leaf's smallest and largest coordinates
+  int64_t d;
+  float margin;             // a runner-up within first * (1 + margin) leaves the row unproven
+  double prune_scale;       // (1 - gamma) * BOUND_SLACK
+  float box_scale;          // 1 - 3 gamma: an fp32 box distance and an fp32 code distance each within gamma
+
+  // Codes at or beyond this computed distance can change neither the winner nor its proof.
+  inline float threshold(const Best& b) const { return std::min(b.second, b.first * (1.f + margin)); }
+
+  inline void scan_leaf(int32_t leaf, const float* q, Best& b) const {
+    const float* lo = leaf_box + static_cast<int64_t>(leaf) * 2 * d;
+    if (box_distance(lo, lo + d, q, d) * box_scale > threshold(b)) return;  // 2 cache lines, not 16
+    const float* c = leaf_codes + static_cast<int64_t>(leaf) * d * LEAF;
+    const int32_t* ids = leaf_ids + static_cast<int64_t>(leaf) * LEAF;
+    float dist[LEAF];
+    const float lowest = leaf_distances(c, q, d, dist);
+    if (!(lowest <= threshold(b))) return;
+    // only codes at or below the threshold can move the best two (the pruning invariant)
+    for (int j0 = 0; j0 < LEAF; j0 += 16) {
+      for (uint32_t hits = below16(dist + j0, threshold(b)); hits != 0; hits &= hits - 1) {
+        const int j = j0 + __builtin_ctz(hits);
+        const float v = dist[j];
+        if (v < b.first) { b.second = b.first; b.first = v; b.index = ids[j]; }
+        else if (v < b.second) { b.second = v; }
+      }
+    }
+  }
+
+  void search(int32_t node, double bound, double* off, const float* q, Best& b) const {
+    const Node& nd = nodes[node];
+    if (nd.dim < 0) { scan_leaf(nd.left, q, b); return; }
+    const float qd = q[nd.dim];
+    const bool go_left = static_cast<double>(qd) - nd.left_max < static_cast<double>(nd.right_min) - qd;
+    // the far side lies beyond its split value along `dim`: at least `gap` from the query there
+    const double gap = go_left ? std::max(0.0, static_cast<double>(nd.right_min) - qd)
+                               : std::max(0.0, static_cast<double>(qd) - nd.left_max);
+    search(go_left ? nd.left : nd.right, bound, off, q, b);
+    const double old = off[nd.dim];
+    const double now = std::max(old, gap);
+    const double far_bound = bound - old * old + now * now;
+    if (far_bound * prune_scale > static_cast<double>(threshold(b))) return;
+    off[nd.dim] = now;
+    search(go_left ? nd.right : nd.left, far_bound, off, q, b);
+    off[nd.dim] = old;
+  }
+};
+
+}  // namespace
+
+// codes (K, D) fp32 -> (nodes int32 (M, 3), splits fp32 (M, 2), leaf_codes fp32 (L, D, LEAF),
+// leaf_ids int32 (L, LEAF), leaf_box fp32 (L, 2, D))
+std::vector<torch::Tensor> build_tree(torch::Tensor codes) {
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == torch::kFloat32 && codes.is_contiguous() && !codes.is_cuda(),
+              "codes must be a contiguous fp32 CPU tensor (K, D)");
+  TORCH_CHECK(codes.size(0) >= 1 && codes.size(0) < (int64_t{1} << 31), "codes must have 1 to 2^31 - 1 rows");
+  TORCH_CHECK(codes.size(1) >= 1 && codes.size(1) <= MAX_DIM, "codes must have 1 to ", MAX_DIM, " columns");
+  Builder b;
+  b.codes = codes.data_ptr<float>();
+  b.d = codes.size(1);
+  const int64_t k = codes.size(0);
+  b.order.resize(k);
+  b.keyed.resize(k);
+  for (int64_t i = 0; i < k; ++i) b.order[i] = static_cast<int32_t>(i);
+  std::vector<float> box_lo(b.d, std::numeric_limits<float>::infinity()), box_hi(b.d, -std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t c = 0; c < b.d; ++c) {
+      box_lo[c] = std::min(box_lo[c], b.codes[i * b.d + c]);
+      box_hi[c] = std::max(box_hi[c], b.codes[i * b.d + c]);
+    }
+  b.nodes.resize(subtree_nodes(k));
+  b.build(0, 0, k, box_lo, box_hi, 0);
+  const int64_t m = static_cast<int64_t>(b.nodes.size()), leaves = (k + LEAF - 1) / LEAF;
+  auto nodes = torch::empty({m, 3}, torch::kInt32);
+  auto splits = torch::empty({m, 2}, torch::kFloat32);
+  auto leaf_codes = torch::full({leaves, b.d, LEAF}, std::numeric_limits<float>::infinity(), torch::kFloat32);
+  auto leaf_ids = torch::full({leaves, LEAF}, -1, torch::kInt32);
+  int32_t* np = nodes.data_ptr<int32_t>();
+  float* sp = splits.data_ptr<float>();
+  for (int64_t i = 0; i < m; ++i) {
+    np[3 * i] = b.nodes[i].dim; np[3 * i + 1] = b.nodes[i].left; np[3 * i + 2] = b.nodes[i].right;
+    sp[2 * i] = b.nodes[i].left_max; sp[2 * i + 1] = b.nodes[i].right_min;
+  }
+  float* lc = leaf_codes.data_ptr<float>();
+  int32_t* li = leaf_ids.data_ptr<int32_t>();
+  for (int64_t l = 0; l < leaves; ++l) {
+    for (int64_t j = 0; j < std::min<int64_t>(LEAF, k - l * LEAF); ++j) {
+      const int32_t code = b.order[l * LEAF + j];
+      li[l * LEAF + j] = code;
+      for (int64_t c = 0; c < b.d; ++c) lc[(l * b.d + c) * LEAF + j] = b.codes[code * b.d + c];
+    }
+  }
+  auto leaf_box = torch::empty({leaves, 2, b.d}, torch::kFloat32);
+  float* lb = leaf_box.data_ptr<float>();
+  for (int64_t l = 0; l < leaves; ++l)
+    for (int64_t c = 0; c < b.d; ++c) {
+      float mn = std::numeric_limits<float>::infinity(), mx = -mn;
+      for (int64_t j = 0; j < std::min<int64_t>(LEAF, k - l * LEAF); ++j) {
+        mn = std::min(mn, lc[(l * b.d + c) * LEAF + j]);
+        mx = std::max(mx, lc[(l * b.d + c) * LEAF + j]);
+      }
+      lb[(l * 2) * b.d + c] = mn;
+      lb[(l * 2 + 1) * b.d + c] = mx;
+    }
+  return {nodes, splits, leaf_codes, leaf_ids, leaf_box};
+}
+
+// -> (index int64 (N,), unproven bool (N,)). gamma: relative error bound of one computed distance.
+std::vector<torch::Tensor> search_tree(torch::Tensor x, torch::Tensor nodes, torch::Tensor splits,
+                                       torch::Tensor leaf_codes, torch::Tensor leaf_ids, torch::Tensor leaf_box,
+                                       double gamma) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous() && !x.is_cuda(),
+              "queries must be a contiguous fp32 CPU tensor (N, D)");
+  TORCH_CHECK(leaf_codes.dim() == 3 && x.size(1) == leaf_codes.size(1) && leaf_codes.size(2) == LEAF,
+              "queries and tree disagree on D");
+  const int64_t n = x.size(0), d = x.size(1), m = nodes.size(0);
+  std::vector<Node> packed(m);
+  const int32_t* np = nodes.data_ptr<int32_t>();
+  const float* sp = splits.data_ptr<float>();
+  for (int64_t i = 0; i < m; ++i) packed[i] = Node{np[3 * i], np[3 * i + 1], np[3 * i + 2], sp[2 * i], sp[2 * i + 1]};
+  Searcher s{packed.data(), leaf_codes.data_ptr<float>(), leaf_ids.data_ptr<int32_t>(), leaf_box.data_ptr<float>(), d,
+             static_cast<float>(2.0 * gamma / (1.0 - gamma) + 4.0 * std::ldexp(1.0, -24)),
+             (1.0 - gamma) * BOUND_SLACK, static_cast<float>(1.0 - 3.0 * gamma)};
+  auto index = torch::zeros({n}, torch::kInt64);
+  auto unproven = torch::zeros({n}, torch::kBool);
+  int64_t* ip = index.data_ptr<int64_t>();
+  bool* up = unproven.data_ptr<bool>();
+  const float* xp = x.data_ptr<float>();
+  // Queries are searched in the order of the leaf each falls in, so neighbouring queries, which
+  // visit mostly the same leaves, follow each other while those leaves are still in cache.
+  const int64_t leaves = leaf_codes.size(0);
+  std::vector<int32_t> home(n);
+  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* q = xp + r * d;
+      int32_t node = 0;
+      while (packed[node].dim >= 0) {
+        const Node& nd = packed[node];
+        const float qd = q[nd.dim];
+        node = static_cast<double>(qd) - nd.left_max < static_cast<double>(nd.right_min) - qd ? nd.left : nd.right;
+      }
+      home[r] = packed[node].left;
+    }
+  });
+  std::vector<int64_t> start(leaves + 1, 0);
+  for (int64_t r = 0; r < n; ++r) ++start[home[r] + 1];
+  for (int64_t l = 0; l < leaves; ++l) start[l + 1] += start[l];
+  std::vector<int64_t> sorted(n);
+  for (int64_t r = 0; r < n; ++r) sorted[start[home[r]]++] = r;
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    double off[MAX_DIM];
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t r = sorted[p];
+      for (int64_t k = 0; k < d; ++k) off[k] = 0.0;
+      Best b;
+      s.search(0, 0.0, off, xp + r * d, b);
+      const bool proven = b.index >= 0 && std::isfinite(b.first) && b.first >= TINY &&
+                          b.second > b.first * (1.f + s.margin);
+      ip[r] = b.index >= 0 ? b.index : 0;
+      up[r] = !proven;
+    }
+  });
+  return {index, unproven};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
+  mod.def("build_tree", &build_tree, "k-d tree over fp32 codes (K, D) with SIMD leaves");
+  mod.def("search_tree", &search_tree, "exact nearest code and proof flag for fp32 queries (N, D)");
+}
