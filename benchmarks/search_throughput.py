@@ -13,7 +13,7 @@ against an fp64 brute force on a sample of tokens. Ratios are against faiss (and
 
     python benchmarks/search_throughput.py                 # K in {1024, 16384, 100000}, D in {8, 768}
     python benchmarks/search_throughput.py --size smallest # K = 1024 only, quick
-    python benchmarks/search_throughput.py --size lc       # D = 8 at K in {16384, 100000} (the k-d tree's shapes)
+    python benchmarks/search_throughput.py --size lc       # D = 8 at K in {16384, 100000} (VQGAN-LC's D')
 """
 from __future__ import annotations
 
@@ -30,9 +30,12 @@ import torch
 SIZES = {
     "smallest": dict(codebooks=[1024], dims=[8, 768], tokens=4096),
     "full": dict(codebooks=[1024, 16384, 100000], dims=[8, 768], tokens=8192),
-    "lc": dict(codebooks=[16384, 100000], dims=[8], tokens=8192),  # VQGAN-LC's D' = 8, where "auto" is the k-d tree
+    "lc": dict(codebooks=[16384, 100000], dims=[8], tokens=8192),  # VQGAN-LC's D' = 8
 }
-METHODS = ("lcgen", "lcgen-brute", "faiss", "faiss-blas", "naive")  # "lcgen": method="auto" (k-d tree at small D, large K)
+# "lcgen": method="auto" (the SIMD k-d tree at D = 8, reusing its tree for the unchanged codebook, as
+# at evaluation); "lcgen-rebuild": the same with the tree rebuilt every call (a codebook that changes
+# every training step); "lcgen-brute": the blocked brute force.
+METHODS = ("lcgen", "lcgen-rebuild", "lcgen-brute", "faiss", "faiss-blas", "naive")
 NAIVE_MAX_BYTES = 4 * 2**30  # the naive path's N x K fp32 matrix (and its temporaries, ~2.5x) beyond this is skipped
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,9 +52,12 @@ def make_inputs(k: int, d: int, n: int, seed: int = 0):
 
 
 def run_method(method: str, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    if method in ("lcgen", "lcgen-brute"):
+    if method in ("lcgen", "lcgen-rebuild", "lcgen-brute"):
+        from lcgen.tokenizer.quantizers import simd_kdtree
         from lcgen.tokenizer.quantizers.search import nearest_code
-        return nearest_code(x, codes, method="auto" if method == "lcgen" else "brute")
+        if method == "lcgen-rebuild":
+            simd_kdtree.clear_tree_cache()
+        return nearest_code(x, codes, method="brute" if method == "lcgen-brute" else "auto")
     if method in ("faiss", "faiss-blas"):
         import faiss
         index = faiss.IndexFlatL2(codes.shape[1])

@@ -113,6 +113,23 @@ def test_without_a_compiler_auto_keeps_scipys_tree(monkeypatch):
         nearest_code(torch.randn(4, 8), torch.randn(10, 8), method="kdtree-simd")
 
 
+def test_a_tree_is_reused_only_for_bitwise_equal_codes():
+    g = torch.Generator().manual_seed(12)
+    codes, x = torch.randn(3000, 8, generator=g), torch.randn(500, 8, generator=g)
+    simd_kdtree.clear_tree_cache()
+    first = simd_kdtree.tree_for(codes)
+    assert simd_kdtree.tree_for(codes.clone()) is first  # equal bits, another tensor: reused
+    moved = codes.clone()
+    moved[1234, 5] = torch.nextafter(moved[1234, 5], torch.tensor(10.0))  # one ulp
+    assert simd_kdtree.tree_for(moved) is not first
+    codes.data[7] = x[0]  # an in-place change that bumps no version counter is still seen
+    assert nearest_code(x[:1], codes, method="kdtree-simd").item() == 7
+    assert torch.equal(nearest_code(x, codes, method="kdtree-simd"), fp64_argmin(x, codes))
+    for k in range(simd_kdtree.CACHED_TREES + 1):  # a bounded number of trees is kept
+        simd_kdtree.tree_for(torch.randn(100 + k, 8))
+    assert len(simd_kdtree._trees) == simd_kdtree.CACHED_TREES
+
+
 @pytest.mark.parametrize("call,match", [
     (lambda: nearest_code(torch.randn(4, 8), torch.randn(10, 8), "cos", method="kdtree-simd"), "l2"),
     (lambda: nearest_code(torch.randn(4, 8).double(), torch.randn(10, 8), method="kdtree-simd"), "fp64"),

@@ -101,15 +101,18 @@ def nearest_code(x: torch.Tensor, codes: torch.Tensor, distance: str = "l2",
         raise ValueError(f"expected x (N, D) and codes (K, D), got {tuple(x.shape)} and {tuple(codes.shape)}")
     asked = method
     method = resolve_method(method, x, codes, distance)
-    if method == "kdtree-simd" and asked == "auto" and not bool(torch.isfinite(codes).all()):
-        method = "brute"  # a diverged codebook: the tree refuses non-finite codes, the brute force ranks them
     with torch.autocast(device_type=x.device.type, enabled=False), torch.no_grad():
         codes = codes.detach()
         if method == "kdtree":  # fp64 distances from the queries as given
             idx, unsure = kdtree_nearest(x.detach(), codes, prove=exact)
         elif method == "kdtree-simd":  # fp32 distances from the queries as given (exactly convertible)
-            idx, unsure = simd_kdtree.simd_kdtree_nearest(x.detach(), codes)
-        else:
+            try:
+                idx, unsure = simd_kdtree.simd_kdtree_nearest(x.detach(), codes)
+            except simd_kdtree.NonFiniteCodes:
+                if asked != "auto":
+                    raise
+                method = "brute"  # a diverged codebook: the tree refuses NaN/inf codes, the brute force ranks them
+        if method not in ("kdtree", "kdtree-simd"):
             x32 = prepare_queries(x.detach(), distance)
             if method == "triton":
                 best, idx, second = fused_running_best(x32, codes, distance, track_second=exact)
