@@ -18,7 +18,7 @@ def test_the_extension_builds_here():
     assert simd_kdtree.available()
 
 
-@pytest.mark.parametrize("k", [1, 2, LEAF - 1, LEAF, LEAF + 1, 3 * LEAF + 5, 20000])
+@pytest.mark.parametrize("k", [1, 2, LEAF - 1, LEAF, LEAF + 1, 3 * LEAF + 5, 16 * LEAF + 1, 20000])  # no tree up to 12 leaves
 @pytest.mark.parametrize("d", [1, 3, 8, 16])
 def test_matches_fp64_argmin(k, d):
     g = torch.Generator().manual_seed(k * 31 + d)
@@ -38,17 +38,19 @@ def test_clustered_and_offset_codes():
     assert torch.equal(nearest_code(x, codes, method="kdtree-simd"), fp64_argmin(x, codes))
 
 
-def test_ties_go_to_the_lowest_index_and_exact_hits_are_rechecked():
+@pytest.mark.parametrize("k", [2000, 20000])  # the flat scan of a small codebook, and the tree
+def test_ties_go_to_the_lowest_index_and_exact_hits_are_rechecked(k):
     g = torch.Generator().manual_seed(3)
-    codes = torch.randn(20000, 8, generator=g)
-    codes[15000] = codes[3]
-    codes[17] = codes[19999]
-    x = torch.stack([codes[3], codes[19999], codes[3] + 1e-3, codes[42]])
+    codes = torch.randn(k, 8, generator=g)
+    codes[k - 500] = codes[3]
+    codes[17] = codes[k - 1]
+    x = torch.stack([codes[3], codes[k - 1], codes[3] + 1e-3, codes[42]])
     _, unproven = simd_kdtree.simd_kdtree_nearest(x, codes)
     # exact ties (rows 0-2) and distance 0, which has no relative error bound to prove it by (it
     # could be an underflow; row 3), are all re-checked
     assert unproven.tolist() == [True, True, True, True]
     assert nearest_code(x, codes, method="kdtree-simd").tolist() == [3, 17, 3, 42]
+    assert nearest_code(x, codes, method="kdtree-simd", exact=False)[2].item() in (3, k - 500)
 
 
 def test_a_gap_below_fp32_resolution_is_flagged_and_settled_in_fp64():
