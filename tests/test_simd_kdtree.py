@@ -132,6 +132,21 @@ def test_a_tree_is_reused_only_for_bitwise_equal_codes():
     assert len(simd_kdtree._trees) == simd_kdtree.CACHED_TREES
 
 
+def test_the_finiteness_and_bit_checks_against_torch():
+    ext = simd_kdtree._extension()
+    edge = torch.tensor([0.0, -0.0, 1e-45, -3.4028235e38, 3.4028235e38, 1.0])  # subnormal, +-max: finite
+    assert ext.all_finite(edge) and bool(torch.isfinite(edge).all())
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        t = edge.clone()
+        t[3] = bad
+        assert not ext.all_finite(t)
+    a = torch.randn(50, 8)
+    assert ext.same_bits(a, a.clone()) and not ext.same_bits(a, a.reshape(100, 4).contiguous())
+    b = a.clone()
+    a[0, 0], b[0, 0] = 0.0, -0.0  # equal numbers, other bits: a rebuild, never a wrong reuse
+    assert torch.equal(a, b) and not ext.same_bits(a, b)
+
+
 @pytest.mark.parametrize("call,match", [
     (lambda: nearest_code(torch.randn(4, 8), torch.randn(10, 8), "cos", method="kdtree-simd"), "l2"),
     (lambda: nearest_code(torch.randn(4, 8).double(), torch.randn(10, 8), method="kdtree-simd"), "fp64"),

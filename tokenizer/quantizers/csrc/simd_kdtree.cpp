@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -433,7 +434,28 @@ std::vector<torch::Tensor> search_tree(torch::Tensor x, torch::Tensor nodes, tor
   return {index, unproven};
 }
 
+// Whether every value of a contiguous fp32 CPU tensor is finite (one pass, no bool tensor: ~10x
+// torch.isfinite(t).all() at 800,000 values).
+bool all_finite(torch::Tensor t) {
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.is_contiguous() && !t.is_cuda(), "a contiguous fp32 CPU tensor");
+  const uint32_t* bits = reinterpret_cast<const uint32_t*>(t.data_ptr<float>());
+  const int64_t n = t.numel();
+  uint32_t special = 0;  // an all-ones exponent is inf or NaN; integer ops, so the loop vectorises
+  for (int64_t i = 0; i < n; ++i) special |= static_cast<uint32_t>((bits[i] & 0x7f800000u) == 0x7f800000u);
+  return special == 0;
+}
+
+// Whether two contiguous fp32 CPU tensors have the same shape and the same bits (so +0 and -0
+// differ: the tree is then rebuilt, never reused wrongly).
+bool same_bits(torch::Tensor a, torch::Tensor b) {
+  TORCH_CHECK(a.scalar_type() == torch::kFloat32 && b.scalar_type() == torch::kFloat32 && a.is_contiguous() &&
+              b.is_contiguous() && !a.is_cuda() && !b.is_cuda(), "contiguous fp32 CPU tensors");
+  return a.sizes() == b.sizes() && std::memcmp(a.data_ptr<float>(), b.data_ptr<float>(), a.numel() * sizeof(float)) == 0;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
+  mod.def("all_finite", &all_finite, "every value finite");
+  mod.def("same_bits", &same_bits, "same shape and bits");
   mod.def("build_tree", &build_tree, "k-d tree over fp32 codes (K, D) with SIMD leaves");
   mod.def("search_tree", &search_tree, "exact nearest code and proof flag for fp32 queries (N, D)");
 }
