@@ -77,8 +77,7 @@ def resolve_method(method: str, x: torch.Tensor, codes: torch.Tensor, distance: 
     tree_wins = any(d <= max_d and (max_k is None or k <= max_k) for max_d, max_k in SIMD_KDTREE_MAX_CODES)
     if tree_wins and x.dtype in SIMD_KDTREE_DTYPES and codes.dtype in SIMD_KDTREE_DTYPES and simd_kdtree.available():
         return "kdtree-simd"
-    small_d_large_k = codes.shape[1] <= KDTREE_MAX_DIM and codes.shape[0] >= KDTREE_MIN_CODES
-    return "kdtree" if small_d_large_k else "brute"
+    return "kdtree" if d <= KDTREE_MAX_DIM and k >= KDTREE_MIN_CODES else "brute"
 
 
 def nearest_code(x: torch.Tensor, codes: torch.Tensor, distance: str = "l2",
@@ -87,7 +86,8 @@ def nearest_code(x: torch.Tensor, codes: torch.Tensor, distance: str = "l2",
 
     x: (N, D) float, codes: (K, D) float. distance: "l2" (squared Euclidean) or "cos" (largest
     cosine similarity). Returns int64 (N,). Extra memory is about `memory_budget` bytes plus
-    O(N) (plus a normalised copy of x for 'cos'; plus the tree for "kdtree").
+    O(N) (plus a normalised copy of x for 'cos'; plus the tree for "kdtree"; for "kdtree-simd", the
+    tree and a copy of the codes, about twice the codebook, kept for the last two codebooks).
     exact=False skips the fp64 re-check. method: "brute" scores every code; "kdtree" searches
     scipy's k-d tree in fp64 (`kdtree_search`; l2 on CPU), with the same answer; "kdtree-simd"
     lcgen's compiled k-d tree in fp32 (`simd_kdtree`; l2 on CPU, fp32/fp16/bf16 inputs, D <= 32),

@@ -122,6 +122,8 @@ inline float box_distance(const float* lo, const float* hi, const float* q, int6
 
 constexpr int VECTORS = LEAF / 16;  // 16-lane vectors a leaf
 
+// Written out for all of a leaf's vectors at once rather than by calling flat_scan's per-vector
+// loop for each: interleaving the 16 FMA chains is 3-4% faster on the tree path (measured).
 inline float leaf_distances(const float* c, const float* q, int64_t d, float* dist) {
   static_assert(LEAF % 16 == 0, "whole 16-lane vectors a leaf");
   __m512 even[VECTORS], odd[VECTORS];  // two FMA chains a vector
