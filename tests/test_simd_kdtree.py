@@ -53,6 +53,35 @@ def test_ties_go_to_the_lowest_index_and_exact_hits_are_rechecked(k):
     assert nearest_code(x, codes, method="kdtree-simd", exact=False)[2].item() in (3, k - 500)
 
 
+def test_the_flat_scans_expanded_form_proves_only_what_its_bound_covers():
+    # Small codebooks are scored as ||c||^2 - 2 q.c, whose rounding error is absolute (~1e-7 of
+    # ||c||^2 + 2 ||q|| ||c||). Codes of norm ~100 put the error near 2e-2; each query sits between
+    # two codes with an exact gap from 1e-4 to 1 (in squared distance), across that bound. A row
+    # the expanded form proves must be the fp64 argmin; rows it cannot prove go to the difference
+    # form (relative bound) and, where that cannot either, to the fp64 re-check.
+    g = torch.Generator().manual_seed(21)
+    codes = torch.randn(1000, 8, generator=g)
+    codes = 100 * codes / codes.norm(dim=1, keepdim=True)
+    a, b = torch.randint(0, 1000, (2, 4000), generator=g)
+    keep = a != b
+    a, b = a[keep], b[keep]
+    mid = (codes[a] + codes[b]) / 2
+    direction = (codes[b] - codes[a]) / (codes[b] - codes[a]).norm(dim=1, keepdim=True)
+    gap = 10 ** (-4 + 4 * torch.rand(len(a), 1, generator=g))  # squared-distance gap ~ 2 |c_b - c_a| shift
+    x = mid + direction * gap / (2 * (codes[b] - codes[a]).norm(dim=1, keepdim=True))
+    index, unproven = simd_kdtree.simd_kdtree_nearest(x, codes)
+    truth = fp64_argmin(x, codes)
+    assert torch.equal(index[~unproven], truth[~unproven])
+    assert torch.equal(nearest_code(x, codes, method="kdtree-simd"), truth)
+    # a large offset defeats the expanded form entirely: every row falls back to the difference
+    # form, which still proves nearly all of them
+    codes, x = 20 + 0.01 * torch.randn(1000, 8, generator=g), 20 + 0.01 * torch.randn(3000, 8, generator=g)
+    index, unproven = simd_kdtree.simd_kdtree_nearest(x, codes)
+    truth = fp64_argmin(x, codes)
+    assert torch.equal(index[~unproven], truth[~unproven]) and unproven.float().mean() < 0.01
+    assert torch.equal(nearest_code(x, codes, method="kdtree-simd"), truth)
+
+
 def test_a_gap_below_fp32_resolution_is_flagged_and_settled_in_fp64():
     # code 0 is at squared distance 1 + 2^-26 from the query, code 1 at exactly 1: fp32 rounds both
     # to 1.0 (a tie the scan would give to whichever it meets first); fp64 orders them

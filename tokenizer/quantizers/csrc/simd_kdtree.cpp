@@ -202,6 +202,89 @@ inline void flat_scan(const float* codes, int64_t slots, const float* q, int64_t
 inline uint32_t below16(const float* dist, float t) {
   return _mm512_cmp_ps_mask(_mm512_loadu_ps(dist), _mm512_set1_ps(t), _CMP_LE_OQ);
 }
+
+// flat_scan in the expanded form ||c||^2 - 2 q.c: one FMA a dimension where the difference form
+// takes a subtraction and an FMA. Its rounding error is absolute (the caller bounds it from ||q||
+// and the largest ||c||), so rows it cannot prove go to flat_scan.
+// scaled: -2c in leaf layout (0 padding); norms: fl(||c||^2) a slot (+inf padding).
+// PASS queries a pass, so each code load feeds PASS FMAs; the queries' coordinates are read as
+// broadcast memory operands rather than held in registers, which keeps the accumulators from
+// spilling. D is a template argument so the loop over dimensions unrolls (DIM = 0: a runtime loop).
+// K = 1,024, D = 8, 8,192 queries (2-core Zen 5), the whole search: 0.90 ms by the difference form;
+// expanded, one query a pass, 1.08 ms with one FMA chain and D a runtime bound, 0.53 ms with four
+// chains and D unrolled; two queries a pass 0.48 ms, three 0.49, four 0.59.
+struct Lanes {
+  __m512 best = _mm512_set1_ps(std::numeric_limits<float>::infinity()), second = best;
+  __m512i where = _mm512_setzero_si512();
+
+  inline void take(__m512 score, __m512i here) {
+    const __mmask16 better = _mm512_cmp_ps_mask(score, best, _CMP_LT_OQ);
+    second = _mm512_min_ps(second, _mm512_max_ps(best, score));
+    best = _mm512_min_ps(best, score);
+    where = _mm512_mask_mov_epi32(where, better, here);
+  }
+
+  inline void merge(Best& b, int64_t& slot) const {
+    alignas(64) float lane_best[16], lane_second[16];
+    alignas(64) int32_t lane_where[16];
+    _mm512_store_ps(lane_best, best);
+    _mm512_store_ps(lane_second, second);
+    _mm512_store_si512(lane_where, where);
+    int winner = 0;
+    for (int l = 1; l < 16; ++l) if (lane_best[l] < lane_best[winner]) winner = l;
+    b.first = lane_best[winner];
+    b.second = lane_second[winner];
+    for (int l = 0; l < 16; ++l) if (l != winner) b.second = std::min(b.second, lane_best[l]);
+    slot = lane_where[winner];
+    b.index = std::isfinite(b.first) ? 0 : -1;
+  }
+};
+
+constexpr int PASS = 2;  // queries a pass (measured above)
+
+template <int DIM>
+inline void flat_scan_expanded_d(const float* scaled, const float* norms, int64_t slots, const float* const* q,
+                                 int64_t dd, Best* b, int64_t* slot) {
+  const int64_t d = DIM > 0 ? DIM : dd;
+  Lanes l[PASS];
+  __m512i here = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  for (int64_t v = 0; v < slots / 16; ++v) {
+    const float* c = scaled + (v / (LEAF / 16)) * d * LEAF + (v % (LEAF / 16)) * 16;
+    const __m512 norm = _mm512_loadu_ps(norms + 16 * v);
+    __m512 a[PASS], e[PASS];
+#pragma GCC unroll 8
+    for (int i = 0; i < PASS; ++i) { a[i] = norm; e[i] = _mm512_setzero_ps(); }
+#pragma GCC unroll 16
+    for (int64_t k = 0; k + 1 < d; k += 2) {
+      const __m512 ce = _mm512_loadu_ps(c + k * LEAF), co = _mm512_loadu_ps(c + (k + 1) * LEAF);
+#pragma GCC unroll 8
+      for (int i = 0; i < PASS; ++i) {
+        a[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][k]), ce, a[i]);
+        e[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][k + 1]), co, e[i]);
+      }
+    }
+    if (d % 2) {
+      const __m512 ce = _mm512_loadu_ps(c + (d - 1) * LEAF);
+#pragma GCC unroll 8
+      for (int i = 0; i < PASS; ++i) a[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][d - 1]), ce, a[i]);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < PASS; ++i) l[i].take(_mm512_add_ps(a[i], e[i]), here);
+    here = _mm512_add_epi32(here, step);
+  }
+  for (int i = 0; i < PASS; ++i) l[i].merge(b[i], slot[i]);
+}
+
+// The nearest and runner-up scores of PASS queries (rows may repeat to fill the last pass).
+inline void flat_scan_expanded(const float* scaled, const float* norms, int64_t slots, const float* const* q,
+                               int64_t d, Best* b, int64_t* slot) {
+  switch (d) {
+    case 8: return flat_scan_expanded_d<8>(scaled, norms, slots, q, d, b, slot);
+    case 16: return flat_scan_expanded_d<16>(scaled, norms, slots, q, d, b, slot);
+    default: return flat_scan_expanded_d<0>(scaled, norms, slots, q, d, b, slot);
+  }
+}
 #else
 inline float box_distance(const float* lo, const float* hi, const float* q, int64_t d) {
   float total = 0.f;
@@ -249,6 +332,23 @@ inline uint32_t below16(const float* dist, float t) {
   uint32_t bits = 0;
   for (int j = 0; j < 16; ++j) bits |= static_cast<uint32_t>(dist[j] <= t) << j;
   return bits;
+}
+
+constexpr int PASS = 2;
+
+inline void flat_scan_expanded(const float* scaled, const float* norms, int64_t slots, const float* const* q,
+                               int64_t d, Best* bs, int64_t* slots_out) {
+  for (int i = 0; i < PASS; ++i) {
+    Best& b = bs[i];
+    for (int64_t j = 0; j < slots; ++j) {
+      const float* c = scaled + (j / LEAF) * d * LEAF + (j % LEAF);
+      float v = norms[j];
+      for (int64_t k = 0; k < d; ++k) v = std::fma(q[i][k], c[k * LEAF], v);
+      if (v < b.first) { b.second = b.first; b.first = v; slots_out[i] = j; }
+      else if (v < b.second) { b.second = v; }
+    }
+    b.index = std::isfinite(b.first) ? 0 : -1;
+  }
 }
 #endif
 
@@ -307,7 +407,8 @@ struct Searcher {
 }  // namespace
 
 // codes (K, D) fp32 -> (nodes int32 (M, 3), splits fp32 (M, 2), leaf_codes fp32 (L, D, LEAF),
-// leaf_ids int32 (L, LEAF), leaf_box fp32 (L, 2, D))
+// leaf_ids int32 (L, LEAF), leaf_box fp32 (L, 2, D), scan_codes fp32 (L, D, LEAF) and scan_norms
+// fp32 (L * LEAF) when L <= FLAT_MAX_LEAVES, else empty)
 std::vector<torch::Tensor> build_tree(torch::Tensor codes) {
   TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == torch::kFloat32 && codes.is_contiguous() && !codes.is_cuda(),
               "codes must be a contiguous fp32 CPU tensor (K, D)");
@@ -360,13 +461,32 @@ std::vector<torch::Tensor> build_tree(torch::Tensor codes) {
       lb[(l * 2) * b.d + c] = mn;
       lb[(l * 2 + 1) * b.d + c] = mx;
     }
-  return {nodes, splits, leaf_codes, leaf_ids, leaf_box};
+  // a codebook small enough for the flat scan also gets its expanded form: -2c in the same layout
+  // (0 padding) and fl(||c||^2) a slot, from fp64 (+inf padding); larger ones carry empty tensors
+  auto scan_codes = torch::empty({0}, torch::kFloat32), scan_norms = torch::empty({0}, torch::kFloat32);
+  if (leaves <= FLAT_MAX_LEAVES) {
+    scan_codes = torch::zeros({leaves, b.d, LEAF}, torch::kFloat32);
+    scan_norms = torch::full({leaves * LEAF}, std::numeric_limits<float>::infinity(), torch::kFloat32);
+    float* sc = scan_codes.data_ptr<float>();
+    float* sn = scan_norms.data_ptr<float>();
+    for (int64_t l = 0; l < leaves; ++l)
+      for (int64_t j = 0; j < std::min<int64_t>(LEAF, k - l * LEAF); ++j) {
+        double norm = 0.0;
+        for (int64_t c = 0; c < b.d; ++c) {
+          const float v = lc[(l * b.d + c) * LEAF + j];
+          sc[(l * b.d + c) * LEAF + j] = -2.f * v;
+          norm += static_cast<double>(v) * v;
+        }
+        sn[l * LEAF + j] = static_cast<float>(norm);
+      }
+  }
+  return {nodes, splits, leaf_codes, leaf_ids, leaf_box, scan_codes, scan_norms};
 }
 
 // -> (index int64 (N,), unproven bool (N,)). gamma: relative error bound of one computed distance.
 std::vector<torch::Tensor> search_tree(torch::Tensor x, torch::Tensor nodes, torch::Tensor splits,
                                        torch::Tensor leaf_codes, torch::Tensor leaf_ids, torch::Tensor leaf_box,
-                                       double gamma) {
+                                       torch::Tensor scan_codes, torch::Tensor scan_norms, double gamma) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous() && !x.is_cuda(),
               "queries must be a contiguous fp32 CPU tensor (N, D)");
   TORCH_CHECK(leaf_codes.dim() == 3 && x.size(1) == leaf_codes.size(1) && leaf_codes.size(2) == LEAF,
@@ -386,16 +506,45 @@ std::vector<torch::Tensor> search_tree(torch::Tensor x, torch::Tensor nodes, tor
   const float* xp = x.data_ptr<float>();
   const int64_t leaves = leaf_codes.size(0);
   if (leaves <= FLAT_MAX_LEAVES) {  // a small codebook: score it all, without the tree's bookkeeping
+    TORCH_CHECK(scan_codes.numel() == leaf_codes.numel() && scan_norms.numel() == leaves * LEAF,
+                "a flat-size tree carries its expanded-form codes");
     const float* lc = leaf_codes.data_ptr<float>();
+    const float* sc = scan_codes.data_ptr<float>();
+    const float* sn = scan_norms.data_ptr<float>();
     const int32_t* ids = leaf_ids.data_ptr<int32_t>();
-    at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        Best b;
-        int64_t slot = 0;
-        flat_scan(lc, leaves * LEAF, xp + r * d, d, b, slot);
-        const bool proven = b.index >= 0 && b.first >= TINY && b.second > b.first * (1.f + s.margin);
-        ip[r] = b.index >= 0 ? ids[slot] : 0;
-        up[r] = !proven;
+    // Expanded scores fl(||c||^2) + sum_k q_k (-2 c_k) by D FMAs: each within gamma_(D+1) of the sum
+    // of its terms' magnitudes, ||c||^2 + 2 sum_k |q_k c_k| <= max ||c||^2 + 2 ||q|| max ||c||, plus
+    // an absolute term for products that underflow; the fp32 norms are rounded up to cover their own
+    // rounding. Two scores further apart than twice that order their codes exactly.
+    double largest = 0.0;
+    for (int64_t j = 0; j < leaves * LEAF; ++j)
+      if (std::isfinite(sn[j])) largest = std::max(largest, static_cast<double>(sn[j]));
+    largest *= 1.0 + std::ldexp(1.0, -22);
+    const double u = std::ldexp(1.0, -24), g = (d + 1) * u / (1.0 - (d + 1) * u);
+    auto settle = [&](int64_t r, Best b, int64_t slot) {
+      const float* q = xp + r * d;
+      double qq = 0.0;
+      for (int64_t k = 0; k < d; ++k) qq += static_cast<double>(q[k]) * q[k];
+      const double err = (g * (largest + 2.0 * std::sqrt(qq) * std::sqrt(largest)) + (d + 1) * std::ldexp(1.0, -140)) *
+                         (1.0 + 1e-6);
+      bool proven = b.index >= 0 && std::isfinite(b.first) && std::isfinite(err) &&
+                    static_cast<double>(b.second) - static_cast<double>(b.first) > 2.0 * err;
+      if (!proven) {  // too close for the absolute bound (or a large offset): the difference form
+        b = Best{};
+        flat_scan(lc, leaves * LEAF, q, d, b, slot);
+        proven = b.index >= 0 && b.first >= TINY && b.second > b.first * (1.f + s.margin);
+      }
+      ip[r] = b.index >= 0 ? ids[slot] : 0;
+      up[r] = !proven;
+    };
+    at::parallel_for(0, (n + PASS - 1) / PASS, 64 / PASS, [&](int64_t begin, int64_t end) {
+      for (int64_t pass = begin; pass < end; ++pass) {
+        const float* q[PASS];
+        for (int i = 0; i < PASS; ++i) q[i] = xp + std::min(pass * PASS + i, n - 1) * d;
+        Best b[PASS];
+        int64_t slot[PASS] = {};
+        flat_scan_expanded(sc, sn, leaves * LEAF, q, d, b, slot);
+        for (int i = 0; i < PASS && pass * PASS + i < n; ++i) settle(pass * PASS + i, b[i], slot[i]);
       }
     });
     return {index, unproven};
