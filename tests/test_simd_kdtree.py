@@ -18,8 +18,8 @@ def test_the_extension_builds_here():
     assert simd_kdtree.available()
 
 
-@pytest.mark.parametrize("k", [1, 2, LEAF - 1, LEAF, LEAF + 1, 3 * LEAF + 5, 16 * LEAF + 1, 20000])  # no tree up to 12 leaves
-@pytest.mark.parametrize("d", [1, 3, 8, 16])
+@pytest.mark.parametrize("k", [1, 2, LEAF - 1, LEAF, LEAF + 1, 3 * LEAF + 5, 16 * LEAF + 1, 32 * LEAF + 1, 20000])  # D <= 8: no tree up to 32 leaves
+@pytest.mark.parametrize("d", [1, 3, 8, 12, 16, 32])  # the tree runs at D <= 12 only
 def test_matches_fp64_argmin(k, d):
     g = torch.Generator().manual_seed(k * 31 + d)
     codes, x = torch.randn(k, d, generator=g), torch.randn(700, d, generator=g)
@@ -38,17 +38,17 @@ def test_clustered_and_offset_codes():
     assert torch.equal(nearest_code(x, codes, method="kdtree-simd"), fp64_argmin(x, codes))
 
 
-@pytest.mark.parametrize("k", [2000, 20000])  # the flat scan of a small codebook, and the tree
-def test_ties_go_to_the_lowest_index_and_exact_hits_are_rechecked(k):
+@pytest.mark.parametrize("k, hit_proven", [(2000, True), (20000, False)])  # the flat scan, and the tree
+def test_ties_go_to_the_lowest_index_and_exact_hits_are_rechecked(k, hit_proven):
     g = torch.Generator().manual_seed(3)
     codes = torch.randn(k, 8, generator=g)
     codes[k - 500] = codes[3]
     codes[17] = codes[k - 1]
     x = torch.stack([codes[3], codes[k - 1], codes[3] + 1e-3, codes[42]])
     _, unproven = simd_kdtree.simd_kdtree_nearest(x, codes)
-    # exact ties (rows 0-2) and distance 0, which has no relative error bound to prove it by (it
-    # could be an underflow; row 3), are all re-checked
-    assert unproven.tolist() == [True, True, True, True]
+    # exact ties (rows 0-2) are re-checked; so is distance 0 (row 3) in the tree, whose relative
+    # bound cannot prove it (it could be an underflow), while the flat scan's absolute bound can
+    assert unproven.tolist() == [True, True, True, not hit_proven]
     assert nearest_code(x, codes, method="kdtree-simd").tolist() == [3, 17, 3, 42]
     assert nearest_code(x, codes, method="kdtree-simd", exact=False)[2].item() in (3, k - 500)
 
@@ -126,9 +126,9 @@ def test_auto_takes_it_on_cpu_and_falls_back():
     assert resolve_method("auto", x, codes, "l2") == "kdtree-simd"
     assert resolve_method("auto", x, torch.randn(64, 8), "l2") == "kdtree-simd"
     assert resolve_method("auto", x.double(), codes, "l2") == "kdtree"  # fp64 inputs: searched in fp64
-    assert resolve_method("auto", torch.randn(4, 16), torch.randn(16384, 16), "l2") == "kdtree-simd"
-    assert resolve_method("auto", torch.randn(4, 16), torch.randn(16385, 16), "l2") == "kdtree"  # pruning fades
-    assert resolve_method("auto", torch.randn(4, 32), torch.randn(1025, 32), "l2") == "brute"
+    assert resolve_method("auto", torch.randn(4, 16), torch.randn(100000, 16), "l2") == "kdtree-simd"
+    assert resolve_method("auto", torch.randn(4, 32), torch.randn(100000, 32), "l2") == "kdtree-simd"
+    assert resolve_method("auto", torch.randn(4, 33), torch.randn(1000, 33), "l2") == "brute"  # past the kernel
     assert resolve_method("auto", torch.randn(4, 64), torch.randn(1000, 64), "l2") == "brute"
     assert resolve_method("auto", x, codes, "cos") == "brute"
     bad = torch.randn(300, 8)

@@ -27,11 +27,14 @@ from .triton_search import fused_running_best, triton_usable
 
 METHODS = ("auto", "brute", "kdtree", "kdtree-simd", "triton")
 # "auto" takes lcgen's SIMD k-d tree for l2 on CPU with fp32 (or narrower) inputs, whose conversion
-# to fp32 is exact, where it beat the blocked brute force: 8,192 queries against a projected
-# Gaussian codebook, 2-core CPU, against K = 64 / 1,024 / 16,384 / 100,000 codes: D = 8: 1.9x /
-# 2.8x / 8.4x / 13x; D = 16: 2.3x / 1.6x / 1.8x / 0.78x; D = 32: 1.4x / 1.1x / 0.67x / 0.23x
-# (pruning fades with D). So: any K up to D = 8, K <= 16,384 up to D = 16, K <= 1,024 up to D = 32.
-SIMD_KDTREE_MAX_CODES = ((8, None), (16, 16384), (32, 1024))  # (largest D, largest K there)
+# to fp32 is exact, where it beat the blocked brute force. 8,192 queries against a projected
+# Gaussian codebook, the tree rebuilt every call, against K = 64 / 1,024 / 16,384 / 100,000 codes,
+# 2-core Zen 5: D = 8: 2.5x / 10.7x / 11.7x / 28x; D = 16: 3.2x / 4.6x / 4.6x / 2.8x; D = 32: 2.0x
+# / 3.1x / 2.3x / 1.75x. (Where the tree prunes little, from D = 13 and for small K, the extension
+# scores every code in the expanded form, which fuses the argmin into the FMAs the brute force's
+# GEMM does; before that scan, on a 2-core Xeon, the tree alone lost to the brute force at D = 16,
+# K = 100,000 and D = 32, K >= 16,384.) So: any K up to D = 32, the kernel's limit.
+SIMD_KDTREE_MAX_CODES = ((simd_kdtree.MAX_DIM, None),)  # (largest D, largest K there)
 SIMD_KDTREE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Otherwise (fp64 inputs, or no compiler) scipy's k-d tree for l2 at D <= KDTREE_MAX_DIM and
 # K >= KDTREE_MIN_CODES on CPU. Measured
@@ -87,7 +90,8 @@ def nearest_code(x: torch.Tensor, codes: torch.Tensor, distance: str = "l2",
     x: (N, D) float, codes: (K, D) float. distance: "l2" (squared Euclidean) or "cos" (largest
     cosine similarity). Returns int64 (N,). Extra memory is about `memory_budget` bytes plus
     O(N) (plus a normalised copy of x for 'cos'; plus the tree for "kdtree"; for "kdtree-simd", the
-    tree and a copy of the codes, about twice the codebook, kept for the last two codebooks).
+    tree, or the flat scan's two layouts, and a copy of the codes, two to three times the codebook,
+    kept for the last two codebooks).
     exact=False skips the fp64 re-check. method: "brute" scores every code; "kdtree" searches
     scipy's k-d tree in fp64 (`kdtree_search`; l2 on CPU), with the same answer; "kdtree-simd"
     lcgen's compiled k-d tree in fp32 (`simd_kdtree`; l2 on CPU, fp32/fp16/bf16 inputs, D <= 32),

@@ -4,9 +4,10 @@ scipy's tree (`kdtree_search`) scores one code at a time in fp64 and answers thr
 objects; this one stores 128 codes a leaf dimension-major, scores a leaf with one vectorised loop in
 fp32, prunes with fp64 bounds slackened below every fp32 rounding, and marks the rows whose runner-up
 is within the rounding margin of the winner, which `nearest_code` re-searches in fp64 (the same
-contract as the other methods: the fp64 argmin, ties to the lowest index). Codebooks of up to 12
-leaves (K <= 1,536) skip the tree: every code is scored, 16 lanes each keeping a best and a
-runner-up.
+contract as the other methods: the fp64 argmin, ties to the lowest index). Where the tree would
+prune little (up to 32 leaves, K <= 4,096, at D <= 8; 128 leaves at D <= 12; any K from D = 13) it is
+skipped: every code is scored as ||c||^2 - 2 q.c, two queries a pass, under an absolute rounding
+bound, with the difference form for the rows that bound cannot prove.
 
 The extension is compiled on first use for this machine's CPU (`torch.utils.cpp_extension`, g++ and
 ninja; ~30 s on a 2-core CPU, then cached under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions). Where it

@@ -10,9 +10,7 @@
 #ifndef LCGEN_LEAF  // codes a leaf; 128 measured fastest of 16-256 at K = 1,024-100,000, D = 8
 #define LCGEN_LEAF 128
 #endif
-#ifndef LCGEN_FLAT  // leaves up to which no tree is used
-#define LCGEN_FLAT 12
-#endif
+
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -31,10 +29,18 @@ namespace {
 
 constexpr int LEAF = LCGEN_LEAF;
 constexpr int MAX_DIM = 32;
-// Up to this many leaves the whole codebook is scored without the tree: 8,192 queries, D = 8, 2-core
-// CPU, flat scan vs tree: 1.47x at K = 256, 1.53x at 1,024, 1.21x at 1,536, 1.06x at 2,048 (16
-// leaves), 0.73x at 4,096.
-constexpr int64_t FLAT_MAX_LEAVES = LCGEN_FLAT;
+// Up to this many leaves the whole codebook is scored without the tree (the expanded-form flat scan
+// against the tree, build included, 8,192 queries, 2-core Zen 5): D = 8: 2.2x at K = 1,024, 1.4x at
+// 2,048, 1.35x at 4,096 (32 leaves), 0.94x at 6,144, 0.57x at 16,384; D = 12: 1.17x at 16,384, 0.65x
+// at 100,000; D = 16: 1.6-2.2x at every K from 1,024 to 16,384, 1.12x at 100,000; D = 32: 1.9-2.1x.
+// LCGEN_FLAT, when defined, overrides it (measurements).
+inline int64_t flat_max_leaves(int64_t d) {
+#ifdef LCGEN_FLAT
+  return LCGEN_FLAT;
+#else
+  return d <= 8 ? 32 : d <= 12 ? 128 : std::numeric_limits<int64_t>::max();
+#endif
+}
 constexpr double BOUND_SLACK = 1.0 - 1e-11;  // fp64 rounding of the incremental bound, with room
 constexpr float TINY = 1e-30f;    // below this, fp32 squares may be subnormal: no relative bound
 
@@ -408,7 +414,8 @@ struct Searcher {
 
 // codes (K, D) fp32 -> (nodes int32 (M, 3), splits fp32 (M, 2), leaf_codes fp32 (L, D, LEAF),
 // leaf_ids int32 (L, LEAF), leaf_box fp32 (L, 2, D), scan_codes fp32 (L, D, LEAF) and scan_norms
-// fp32 (L * LEAF) when L <= FLAT_MAX_LEAVES, else empty)
+// fp32 (L * LEAF) when L <= flat_max_leaves(D), else empty; a flat-size codebook keeps its own order
+// and has no tree)
 std::vector<torch::Tensor> build_tree(torch::Tensor codes) {
   TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == torch::kFloat32 && codes.is_contiguous() && !codes.is_cuda(),
               "codes must be a contiguous fp32 CPU tensor (K, D)");
@@ -417,19 +424,24 @@ std::vector<torch::Tensor> build_tree(torch::Tensor codes) {
   Builder b;
   b.codes = codes.data_ptr<float>();
   b.d = codes.size(1);
-  const int64_t k = codes.size(0);
+  const int64_t k = codes.size(0), leaves = (k + LEAF - 1) / LEAF;
+  const bool flat = leaves <= flat_max_leaves(b.d);
   b.order.resize(k);
-  b.keyed.resize(k);
   for (int64_t i = 0; i < k; ++i) b.order[i] = static_cast<int32_t>(i);
-  std::vector<float> box_lo(b.d, std::numeric_limits<float>::infinity()), box_hi(b.d, -std::numeric_limits<float>::infinity());
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t c = 0; c < b.d; ++c) {
-      box_lo[c] = std::min(box_lo[c], b.codes[i * b.d + c]);
-      box_hi[c] = std::max(box_hi[c], b.codes[i * b.d + c]);
-    }
-  b.nodes.resize(subtree_nodes(k));
-  b.build(0, 0, k, box_lo, box_hi, 0);
-  const int64_t m = static_cast<int64_t>(b.nodes.size()), leaves = (k + LEAF - 1) / LEAF;
+  if (flat) {  // scored whole: the codes stay in their order, and the tree is one (unused) leaf
+    b.nodes.assign(1, Node{-1, 0, 0, 0.f, 0.f});
+  } else {
+    b.keyed.resize(k);
+    std::vector<float> box_lo(b.d, std::numeric_limits<float>::infinity()), box_hi(b.d, -std::numeric_limits<float>::infinity());
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t c = 0; c < b.d; ++c) {
+        box_lo[c] = std::min(box_lo[c], b.codes[i * b.d + c]);
+        box_hi[c] = std::max(box_hi[c], b.codes[i * b.d + c]);
+      }
+    b.nodes.resize(subtree_nodes(k));
+    b.build(0, 0, k, box_lo, box_hi, 0);
+  }
+  const int64_t m = static_cast<int64_t>(b.nodes.size());
   auto nodes = torch::empty({m, 3}, torch::kInt32);
   auto splits = torch::empty({m, 2}, torch::kFloat32);
   auto leaf_codes = torch::full({leaves, b.d, LEAF}, std::numeric_limits<float>::infinity(), torch::kFloat32);
@@ -464,7 +476,7 @@ std::vector<torch::Tensor> build_tree(torch::Tensor codes) {
   // a codebook small enough for the flat scan also gets its expanded form: -2c in the same layout
   // (0 padding) and fl(||c||^2) a slot, from fp64 (+inf padding); larger ones carry empty tensors
   auto scan_codes = torch::empty({0}, torch::kFloat32), scan_norms = torch::empty({0}, torch::kFloat32);
-  if (leaves <= FLAT_MAX_LEAVES) {
+  if (flat) {
     scan_codes = torch::zeros({leaves, b.d, LEAF}, torch::kFloat32);
     scan_norms = torch::full({leaves * LEAF}, std::numeric_limits<float>::infinity(), torch::kFloat32);
     float* sc = scan_codes.data_ptr<float>();
@@ -505,7 +517,7 @@ std::vector<torch::Tensor> search_tree(torch::Tensor x, torch::Tensor nodes, tor
   bool* up = unproven.data_ptr<bool>();
   const float* xp = x.data_ptr<float>();
   const int64_t leaves = leaf_codes.size(0);
-  if (leaves <= FLAT_MAX_LEAVES) {  // a small codebook: score it all, without the tree's bookkeeping
+  if (leaves <= flat_max_leaves(d)) {  // score every code, without the tree's bookkeeping
     TORCH_CHECK(scan_codes.numel() == leaf_codes.numel() && scan_norms.numel() == leaves * LEAF,
                 "a flat-size tree carries its expanded-form codes");
     const float* lc = leaf_codes.data_ptr<float>();
