@@ -153,12 +153,42 @@ inline float leaf_distances(const float* c, const float* q, int64_t d, float* di
   return _mm512_reduce_min_ps(lowest);
 }
 
-// Every code, no tree: each of 16 lanes keeps its best distance, the slot holding it and its
-// runner-up (branch-free), and the lanes are merged at the end. slots: codes in leaf order, padded.
+// 16 lanes, each keeping its best score, the slot holding it and its runner-up (branch-free), merged
+// at the end. A NaN score (only from a NaN or infinite query, or an overflow) can leave a lane's
+// slot behind its score, but then the lane's best equals its runner-up or is not finite, so the
+// row is left unproven, never wrongly proven.
+struct Lanes {
+  __m512 best = _mm512_set1_ps(std::numeric_limits<float>::infinity()), second = best;
+  __m512i where = _mm512_setzero_si512();
+
+  inline void take(__m512 score, __m512i here) {
+    const __mmask16 better = _mm512_cmp_ps_mask(score, best, _CMP_LT_OQ);
+    second = _mm512_min_ps(second, _mm512_max_ps(best, score));
+    best = _mm512_min_ps(best, score);
+    where = _mm512_mask_mov_epi32(where, better, here);
+  }
+
+  inline void merge(Best& b, int64_t& slot) const {
+    alignas(64) float lane_best[16], lane_second[16];
+    alignas(64) int32_t lane_where[16];
+    _mm512_store_ps(lane_best, best);
+    _mm512_store_ps(lane_second, second);
+    _mm512_store_si512(lane_where, where);
+    int winner = 0;
+    for (int l = 1; l < 16; ++l) if (lane_best[l] < lane_best[winner]) winner = l;
+    b.first = lane_best[winner];
+    b.second = lane_second[winner];
+    for (int l = 0; l < 16; ++l) if (l != winner) b.second = std::min(b.second, lane_best[l]);
+    slot = lane_where[winner];
+    b.index = std::isfinite(b.first) ? 0 : -1;
+  }
+};
+
+// Every code, no tree, in the difference form (Lanes). slots: codes in leaf order, padded.
 // (Two queries a pass, sharing the code loads, was 1.9x slower: the accumulators spill.)
 inline void flat_scan(const float* codes, int64_t slots, const float* q, int64_t d, Best& b, int64_t& slot) {
-  __m512 best = _mm512_set1_ps(std::numeric_limits<float>::infinity()), second = best;
-  __m512i where = _mm512_setzero_si512(), here = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  Lanes lanes;
+  __m512i here = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i step = _mm512_set1_epi32(16);
   __m512 qb[MAX_DIM];  // the query's coordinates broadcast once: loads in the loop, not shuffles
   for (int64_t k = 0; k < d; ++k) qb[k] = _mm512_set1_ps(q[k]);
@@ -176,25 +206,10 @@ inline void flat_scan(const float* codes, int64_t slots, const float* q, int64_t
       const __m512 te = _mm512_sub_ps(qb[k], _mm512_loadu_ps(c + k * LEAF));
       even = _mm512_fmadd_ps(te, te, even);
     }
-    const __m512 dist = _mm512_add_ps(even, odd);
-    const __mmask16 better = _mm512_cmp_ps_mask(dist, best, _CMP_LT_OQ);
-    second = _mm512_min_ps(second, _mm512_max_ps(best, dist));  // the larger of the two moves down
-    best = _mm512_mask_blend_ps(better, best, dist);
-    where = _mm512_mask_blend_epi32(better, where, here);
+    lanes.take(_mm512_add_ps(even, odd), here);
     here = _mm512_add_epi32(here, step);
   }
-  alignas(64) float lane_best[16], lane_second[16];
-  alignas(64) int32_t lane_where[16];
-  _mm512_store_ps(lane_best, best);
-  _mm512_store_ps(lane_second, second);
-  _mm512_store_si512(lane_where, where);
-  int winner = 0;
-  for (int l = 1; l < 16; ++l) if (lane_best[l] < lane_best[winner]) winner = l;
-  b.first = lane_best[winner];
-  b.second = lane_second[winner];
-  for (int l = 0; l < 16; ++l) if (l != winner) b.second = std::min(b.second, lane_best[l]);
-  slot = lane_where[winner];
-  b.index = std::isfinite(b.first) ? 0 : -1;  // the caller maps the slot to a code
+  lanes.merge(b, slot);  // b.index 0 for a finite best: the caller maps the slot to a code
 }
 
 inline uint32_t below16(const float* dist, float t) {
@@ -228,32 +243,6 @@ inline void box_distances(const float* lo, const float* hi, int64_t padded, cons
 // K = 1,024, D = 8, 8,192 queries (2-core Zen 5), the whole search: 0.90 ms by the difference form;
 // expanded, one query a pass, 1.08 ms with one FMA chain and D a runtime bound, 0.53 ms with four
 // chains and D unrolled; two queries a pass 0.48 ms, three 0.49, four 0.59.
-struct Lanes {
-  __m512 best = _mm512_set1_ps(std::numeric_limits<float>::infinity()), second = best;
-  __m512i where = _mm512_setzero_si512();
-
-  inline void take(__m512 score, __m512i here) {
-    const __mmask16 better = _mm512_cmp_ps_mask(score, best, _CMP_LT_OQ);
-    second = _mm512_min_ps(second, _mm512_max_ps(best, score));
-    best = _mm512_min_ps(best, score);
-    where = _mm512_mask_mov_epi32(where, better, here);
-  }
-
-  inline void merge(Best& b, int64_t& slot) const {
-    alignas(64) float lane_best[16], lane_second[16];
-    alignas(64) int32_t lane_where[16];
-    _mm512_store_ps(lane_best, best);
-    _mm512_store_ps(lane_second, second);
-    _mm512_store_si512(lane_where, where);
-    int winner = 0;
-    for (int l = 1; l < 16; ++l) if (lane_best[l] < lane_best[winner]) winner = l;
-    b.first = lane_best[winner];
-    b.second = lane_second[winner];
-    for (int l = 0; l < 16; ++l) if (l != winner) b.second = std::min(b.second, lane_best[l]);
-    slot = lane_where[winner];
-    b.index = std::isfinite(b.first) ? 0 : -1;
-  }
-};
 
 constexpr int PASS = 2;  // queries a pass (measured above)
 
