@@ -438,8 +438,9 @@ std::vector<torch::Tensor> build_tree(torch::Tensor codes) {
   const int64_t m = static_cast<int64_t>(b.nodes.size());
   auto nodes = torch::empty({m, 3}, torch::kInt32);
   auto splits = torch::empty({m, 2}, torch::kFloat32);
-  auto leaf_codes = torch::full({leaves, b.d, LEAF}, std::numeric_limits<float>::infinity(), torch::kFloat32);
-  auto leaf_ids = torch::full({leaves, LEAF}, -1, torch::kInt32);
+  auto leaf_codes = torch::empty({leaves, b.d, LEAF}, torch::kFloat32);
+  auto leaf_ids = torch::empty({leaves, LEAF}, torch::kInt32);
+  auto leaf_box = torch::empty({leaves, 2, b.d}, torch::kFloat32);
   int32_t* np = nodes.data_ptr<int32_t>();
   float* sp = splits.data_ptr<float>();
   for (int64_t i = 0; i < m; ++i) {
@@ -448,25 +449,29 @@ std::vector<torch::Tensor> build_tree(torch::Tensor codes) {
   }
   float* lc = leaf_codes.data_ptr<float>();
   int32_t* li = leaf_ids.data_ptr<int32_t>();
-  for (int64_t l = 0; l < leaves; ++l) {
-    for (int64_t j = 0; j < std::min<int64_t>(LEAF, k - l * LEAF); ++j) {
-      const int32_t code = b.order[l * LEAF + j];
-      li[l * LEAF + j] = code;
-      for (int64_t c = 0; c < b.d; ++c) lc[(l * b.d + c) * LEAF + j] = b.codes[code * b.d + c];
-    }
-  }
-  auto leaf_box = torch::empty({leaves, 2, b.d}, torch::kFloat32);
   float* lb = leaf_box.data_ptr<float>();
-  for (int64_t l = 0; l < leaves; ++l)
-    for (int64_t c = 0; c < b.d; ++c) {
-      float mn = std::numeric_limits<float>::infinity(), mx = -mn;
-      for (int64_t j = 0; j < std::min<int64_t>(LEAF, k - l * LEAF); ++j) {
-        mn = std::min(mn, lc[(l * b.d + c) * LEAF + j]);
-        mx = std::max(mx, lc[(l * b.d + c) * LEAF + j]);
+  const float inf = std::numeric_limits<float>::infinity();
+  // each leaf's codes gathered into its dimension-major block (+inf, id -1 padding) and its box;
+  // leaves on both threads (a build at K = 100,000, D = 8: 6.71 -> 6.47 ms, the same tree)
+  at::parallel_for(0, leaves, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t l = begin; l < end; ++l) {
+      const int64_t held = std::min<int64_t>(LEAF, k - l * LEAF);
+      for (int64_t j = 0; j < LEAF; ++j) {
+        const int32_t code = j < held ? b.order[l * LEAF + j] : -1;
+        li[l * LEAF + j] = code;
+        for (int64_t c = 0; c < b.d; ++c) lc[(l * b.d + c) * LEAF + j] = j < held ? b.codes[code * b.d + c] : inf;
       }
-      lb[(l * 2) * b.d + c] = mn;
-      lb[(l * 2 + 1) * b.d + c] = mx;
+      for (int64_t c = 0; c < b.d; ++c) {
+        float mn = inf, mx = -inf;
+        for (int64_t j = 0; j < held; ++j) {
+          mn = std::min(mn, lc[(l * b.d + c) * LEAF + j]);
+          mx = std::max(mx, lc[(l * b.d + c) * LEAF + j]);
+        }
+        lb[(l * 2) * b.d + c] = mn;
+        lb[(l * 2 + 1) * b.d + c] = mx;
+      }
     }
+  });
   // a codebook small enough for the flat scan also gets its expanded form: -2c in the same layout
   // (0 padding) and fl(||c||^2) a slot, from fp64 (+inf padding); larger ones carry empty tensors
   auto scan_codes = torch::empty({0}, torch::kFloat32), scan_norms = torch::empty({0}, torch::kFloat32);
