@@ -2,7 +2,8 @@
 
 scipy's tree (`kdtree_search`) scores one code at a time in fp64 and answers through Python
 objects; this one stores 128 codes a leaf dimension-major, scores a leaf with one vectorised loop in
-fp32, prunes with fp64 bounds slackened below every fp32 rounding, and marks the rows whose runner-up
+fp32, skips the leaves whose boxes lie beyond the best two (box distances slackened below every fp32
+rounding), and marks the rows whose runner-up
 is within the rounding margin of the winner, which `nearest_code` re-searches in fp64 (the same
 contract as the other methods: the fp64 argmin, ties to the lowest index). Where the tree would
 prune little (up to 32 leaves, K <= 4,096, at D <= 8; 128 leaves at D <= 12; any K from D = 13) it is

@@ -240,9 +240,10 @@ inline void box_distances(const float* lo, const float* hi, int64_t padded, cons
 // PASS queries a pass, so each code load feeds PASS FMAs; the queries' coordinates are read as
 // broadcast memory operands rather than held in registers, which keeps the accumulators from
 // spilling. D is a template argument so the loop over dimensions unrolls (DIM = 0: a runtime loop).
-// K = 1,024, D = 8, 8,192 queries (2-core Zen 5), the whole search: 0.90 ms by the difference form;
-// expanded, one query a pass, 1.08 ms with one FMA chain and D a runtime bound, 0.53 ms with four
-// chains and D unrolled; two queries a pass 0.48 ms, three 0.49, four 0.59.
+// K = 1,024, D = 8, 8,192 queries (2-core Zen 5): 0.90 ms a call by the difference form (nearest_code,
+// end to end); search_tree alone, expanded, one query a pass, 1.08 ms with one FMA chain and D a
+// runtime bound, 0.53 ms with four chains and D unrolled; two queries a pass 0.48 ms, three 0.49,
+// four 0.59.
 
 constexpr int PASS = 2;  // queries a pass (measured above)
 
@@ -360,10 +361,8 @@ inline void flat_scan_expanded(const float* scaled, const float* norms, int64_t 
 
 
 struct Searcher {
-  const Node* nodes;
   const float* leaf_codes;  // (leaves, d, LEAF), +inf padding
   const int32_t* leaf_ids;  // (leaves, LEAF), -1 padding
-  const float* leaf_box;    // (leaves, 2, d): each leaf's smallest and largest coordinates
   int64_t d;
   float margin;             // a runner-up within first * (1 + margin) leaves the row unproven
   float box_scale;          // 1 - 3 gamma: an fp32 box distance and an fp32 code distance each within gamma
@@ -503,11 +502,7 @@ std::vector<torch::Tensor> search_tree(torch::Tensor x, torch::Tensor nodes, tor
   TORCH_CHECK(leaf_codes.dim() == 3 && x.size(1) == leaf_codes.size(1) && leaf_codes.size(2) == LEAF,
               "queries and tree disagree on D");
   const int64_t n = x.size(0), d = x.size(1), m = nodes.size(0);
-  std::vector<Node> packed(m);
-  const int32_t* np = nodes.data_ptr<int32_t>();
-  const float* sp = splits.data_ptr<float>();
-  for (int64_t i = 0; i < m; ++i) packed[i] = Node{np[3 * i], np[3 * i + 1], np[3 * i + 2], sp[2 * i], sp[2 * i + 1]};
-  Searcher s{packed.data(), leaf_codes.data_ptr<float>(), leaf_ids.data_ptr<int32_t>(), leaf_box.data_ptr<float>(), d,
+  Searcher s{leaf_codes.data_ptr<float>(), leaf_ids.data_ptr<int32_t>(), d,
              static_cast<float>(2.0 * gamma / (1.0 - gamma) + 4.0 * std::ldexp(1.0, -24)),
              static_cast<float>(1.0 - 3.0 * gamma)};
   auto index = torch::zeros({n}, torch::kInt64);
@@ -516,9 +511,9 @@ std::vector<torch::Tensor> search_tree(torch::Tensor x, torch::Tensor nodes, tor
   bool* up = unproven.data_ptr<bool>();
   const float* xp = x.data_ptr<float>();
   const int64_t leaves = leaf_codes.size(0);
-  if (leaves <= flat_max_leaves(d)) {  // score every code, without the tree's bookkeeping
+  if (scan_codes.numel() > 0) {  // the build chose the flat scan: score every code, no tree bookkeeping
     TORCH_CHECK(scan_codes.numel() == leaf_codes.numel() && scan_norms.numel() == leaves * LEAF,
-                "a flat-size tree carries its expanded-form codes");
+                "the expanded-form codes do not match the leaves");
     const float* lc = leaf_codes.data_ptr<float>();
     const float* sc = scan_codes.data_ptr<float>();
     const float* sn = scan_norms.data_ptr<float>();
@@ -560,6 +555,10 @@ std::vector<torch::Tensor> search_tree(torch::Tensor x, torch::Tensor nodes, tor
     });
     return {index, unproven};
   }
+  std::vector<Node> packed(m);
+  const int32_t* np = nodes.data_ptr<int32_t>();
+  const float* sp = splits.data_ptr<float>();
+  for (int64_t i = 0; i < m; ++i) packed[i] = Node{np[3 * i], np[3 * i + 1], np[3 * i + 2], sp[2 * i], sp[2 * i + 1]};
   // Queries are searched in the order of the leaf each falls in, so neighbouring queries, which
   // visit mostly the same leaves, follow each other while those leaves are still in cache.
   std::vector<int32_t> home(n);
