@@ -20,7 +20,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.timing import interleaved, ratio, report  # noqa: E402
+from benchmarks.timing import interleaved, on_torch_gemm, onednn_chosen, ratio, report  # noqa: E402
 
 
 def build(size: str, channels: int, latent: int, classes: int, device: str):
@@ -108,6 +108,9 @@ def main(argv=None):
         compiled = torch.compile(ours)
         samplers["lcgen_compiled"] = sampler(compiled, False, labels, a.steps, a.guidance, shape, a.device)
         trainers["lcgen_compiled"] = trainer(compiled, False, a.batch, shape, a.classes, a.device)
+    if a.device == "cpu" and onednn_chosen():  # the same model on torch's GEMM: what the GEMM choice gives
+        samplers["lcgen_torch_gemm"] = on_torch_gemm(samplers["lcgen"])
+        trainers["lcgen_torch_gemm"] = on_torch_gemm(trainer(ours, False, a.batch, shape, a.classes, a.device))
     n_ours, n_theirs = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))
     ours.eval(), theirs.eval()  # diffusers drops labels at random in train mode
     sampling = interleaved(samplers, a.rounds, a.device)
@@ -115,6 +118,7 @@ def main(argv=None):
     training = interleaved(trainers, a.rounds, a.device)
     result = {"device": a.device, "threads": torch.get_num_threads(), "model": f"DiT-{a.size}",
               "latent": [a.channels, a.latent, a.latent], "batch": a.batch, "steps": a.steps, "rounds": a.rounds,
+              "cpu_gemm": "onednn" if "lcgen_torch_gemm" in samplers else "torch",
               "parameters_lcgen": n_ours, "parameters_diffusers": n_theirs,
               **{f"sampling_{k}_images_per_s": round(a.batch / min(v), 3) for k, v in sampling.items()},
               **{f"train_step_{k}_s": round(min(v), 3) for k, v in training.items()}}

@@ -21,7 +21,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.timing import interleaved, ratio, report  # noqa: E402
+from benchmarks.timing import interleaved, on_torch_gemm, onednn_chosen, ratio, report  # noqa: E402
 
 
 def llamagen_layout(prior) -> dict:
@@ -124,13 +124,16 @@ def main(argv=None):
            "transformers_llama_same_loop": run_llama_same_loop}
     if a.no_compile:
         del fns["lcgen_compiled"]
+    if a.device == "cpu" and onednn_chosen():  # the same model on torch's GEMM: what the GEMM choice gives
+        fns["lcgen_torch_gemm"] = on_torch_gemm(run_ours)
     times = interleaved(fns, a.rounds, a.device)
     result = {"device": a.device, "threads": torch.get_num_threads(), "model": a.llamagen or "GPTPrior",
               "batch": a.batch, "tokens": a.tokens, "vocab": a.vocab, "width": a.width,
               "layers": a.layers, "guidance": a.guidance, "rounds": a.rounds,
               **{f"{name}_s": round(min(t), 3) for name, t in times.items()}}
-    for ours_name in [n for n in ("lcgen", "lcgen_compiled") if n in times]:
-        suffix = "" if ours_name == "lcgen" else "_compiled"
+    result["cpu_gemm"] = "onednn" if "lcgen_torch_gemm" in times else "torch"
+    for ours_name in [n for n in ("lcgen", "lcgen_compiled", "lcgen_torch_gemm") if n in times]:
+        suffix = ours_name[len("lcgen"):]
         result[f"speedup{suffix}_vs_generate"] = ratio(times, "transformers_llama_generate", ours_name)
         result[f"speedup{suffix}_vs_same_loop"] = ratio(times, "transformers_llama_same_loop", ours_name)
     return report(result, a.json)

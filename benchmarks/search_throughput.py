@@ -36,6 +36,9 @@ SIZES = {
 # at evaluation); "lcgen-rebuild": the same with the tree rebuilt every call (a codebook that changes
 # every training step); "lcgen-brute": the blocked brute force.
 METHODS = ("lcgen", "lcgen-rebuild", "lcgen-brute", "faiss", "faiss-blas", "naive")
+# "lcgen-torch-gemm": "lcgen" with its score GEMM on torch's own (LCGEN_CPU_GEMM=torch), timed at large D
+# where lcgen.cpu_linear picked oneDNN for this CPU: what that choice gives
+TORCH_GEMM = "lcgen-torch-gemm"
 NAIVE_MAX_BYTES = 4 * 2**30  # the naive path's N x K fp32 matrix (and its temporaries, ~2.5x) beyond this is skipped
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,6 +55,13 @@ def make_inputs(k: int, d: int, n: int, seed: int = 0):
 
 
 def run_method(method: str, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    if method == TORCH_GEMM:
+        from lcgen.cpu_linear import set_cpu_gemm
+        set_cpu_gemm("torch")
+        try:
+            return run_method("lcgen", x, codes)
+        finally:
+            set_cpu_gemm(None)
     if method in ("lcgen", "lcgen-rebuild", "lcgen-brute"):
         from lcgen.tokenizer.quantizers import simd_kdtree
         from lcgen.tokenizer.quantizers.search import nearest_code
@@ -130,7 +140,9 @@ def main(argv=None):
     n = args.tokens or cfg["tokens"]
     if n <= 0 or args.rounds <= 0:
         p.error("--tokens and --rounds must be positive")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {n} tokens per call, median of {args.rounds} rounds")
+    from lcgen.cpu_linear import cpu_gemm
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {n} tokens per call, median of {args.rounds} "
+          f"rounds, CPU GEMM: {cpu_gemm()}")
     print("| K | D | method | tokens/s | vs best faiss | vs naive | peak extra MiB | exact |")
     print("|---|---|---|---|---|---|---|---|")
     all_rows = []
@@ -138,7 +150,10 @@ def main(argv=None):
         for d in cfg["dims"]:
             # at 65,536 queries x 100,000 codes the naive matrix alone is 26 GB: more than this machine has
             naive = n * k * 4 <= NAIVE_MAX_BYTES
-            rows = bench(k, d, n, args.rounds, METHODS if naive else METHODS[:-1])
+            methods = METHODS if naive else METHODS[:-1]
+            if d > 32 and cpu_gemm() == "onednn":
+                methods = (*methods, TORCH_GEMM)
+            rows = bench(k, d, n, args.rounds, methods)
             speed = {r["method"]: r["tokens_per_s"] for r in rows}
             best_faiss = max(speed["faiss"], speed["faiss-blas"])
             for r in rows:

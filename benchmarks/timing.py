@@ -31,6 +31,26 @@ def interleaved(fns: dict, rounds: int, device: str) -> dict:
     return times
 
 
+def on_torch_gemm(fn):
+    """fn run with lcgen's fp32 CPU linears on torch's own GEMM (`LCGEN_CPU_GEMM=torch`), the choice
+    restored after: the same model as the "lcgen" contender, so the pair separates lcgen's GEMM
+    choice (lcgen.cpu_linear) from the rest of its model and loop."""
+    from lcgen.cpu_linear import set_cpu_gemm
+
+    def run():
+        set_cpu_gemm("torch")
+        try:
+            return fn()
+        finally:
+            set_cpu_gemm(None)  # back to LCGEN_CPU_GEMM (or auto)
+    return run
+
+
+def onednn_chosen() -> bool:
+    from lcgen.cpu_linear import cpu_gemm
+    return cpu_gemm() == "onednn"
+
+
 def ratio(times: dict, slow: str, fast: str) -> float:
     """The median over rounds of slow / fast, each round's pair timed back to back."""
     return round(statistics.median(a / b for a, b in zip(times[slow], times[fast])), 2)

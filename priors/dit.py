@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from lcgen.cpu_linear import Linear
 from lcgen.strict_loading import StrictLoadingMixin
 
 # (depth, width, heads) as the DiT paper; "T" is a small CPU size. Patch sizes 1, 2, 4, 8.
@@ -64,11 +65,11 @@ class _DiTBlock(nn.Module):
         super().__init__()
         self.heads = heads
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.qkv, self.proj = Linear(dim, 3 * dim), Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.mlp = nn.Sequential(Linear(dim, hidden), nn.GELU(approximate="tanh"), Linear(hidden, dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(dim, 6 * dim))
 
     def forward(self, x, c):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
@@ -107,13 +108,13 @@ class DiTModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         self.grid = sample_size // patch_size
         self.patch_embed = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
         self.register_buffer("pos_embed", sincos_2d(hidden_size, self.grid)[None], persistent=False)
-        self.t_embedder = nn.Sequential(nn.Linear(256, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.t_embedder = nn.Sequential(Linear(256, hidden_size), nn.SiLU(), Linear(hidden_size, hidden_size))
         self.y_embedder = nn.Embedding(num_classes + 1, hidden_size)
         self.blocks = nn.ModuleList(_DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers))
         self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.adaLN_out = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        self.adaLN_out = nn.Sequential(nn.SiLU(), Linear(hidden_size, 2 * hidden_size))
         self.out_channels = in_channels * (2 if learn_sigma else 1)
-        self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * self.out_channels)
+        self.proj_out = Linear(hidden_size, patch_size * patch_size * self.out_channels)
         self._init_weights()
 
     def _init_weights(self):

@@ -24,6 +24,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch.utils.checkpoint import checkpoint
 
+from lcgen.cpu_linear import Linear
 from lcgen.strict_loading import StrictLoadingMixin
 
 from .sampling import guide, sample_tokens
@@ -80,8 +81,8 @@ class _Attention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float, bias: bool = False):
         super().__init__()
         self.heads, self.dropout = heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.qkv = Linear(dim, 3 * dim, bias=bias)
+        self.proj = Linear(dim, dim, bias=bias)
 
     def forward(self, x, cache=None, pos: int = 0, rope=None):
         b, t, d = x.shape
@@ -108,8 +109,8 @@ class _FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden: int, bias: bool = False):
         super().__init__()
-        self.w1, self.w3 = nn.Linear(dim, hidden, bias=bias), nn.Linear(dim, hidden, bias=bias)
-        self.w2 = nn.Linear(hidden, dim, bias=bias)
+        self.w1, self.w3 = Linear(dim, hidden, bias=bias), Linear(dim, hidden, bias=bias)
+        self.w2 = Linear(hidden, dim, bias=bias)
 
     def forward(self, x):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -120,7 +121,7 @@ class _GeluFeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden: int, bias: bool = True):
         super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, hidden, bias=bias), nn.Linear(hidden, dim, bias=bias)
+        self.fc1, self.fc2 = Linear(dim, hidden, bias=bias), Linear(hidden, dim, bias=bias)
 
     def forward(self, x):
         return self.fc2(F.gelu(self.fc1(x)))
@@ -198,7 +199,7 @@ class GPTPrior(StrictLoadingMixin, ModelMixin, ConfigMixin):
         self.blocks = nn.ModuleList(_Block(hidden_size, num_heads, hidden, dropout, norm_eps, norm_type, ffn_type, bias)
                                     for _ in range(num_layers))
         self.norm = _norm(norm_type, hidden_size, norm_eps)
-        self.head = nn.Linear(hidden_size, m * k, bias=False)
+        self.head = Linear(hidden_size, m * k, bias=False)
         self.apply(self._init)
         if self.position_embedding is not None:
             nn.init.normal_(self.position_embedding, std=0.02)

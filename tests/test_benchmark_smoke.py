@@ -9,7 +9,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import dit_speed, gpt_sampling, search_gpu, search_throughput, usage_vs_tokens  # noqa: E402
+from lcgen.cpu_linear import cpu_gemm  # noqa: E402
 from lcgen.tokenizer.quantizers.triton_search import interpreting, triton_importable  # noqa: E402
+
+# where lcgen.cpu_linear takes oneDNN, each speed benchmark also times lcgen on torch's own GEMM
+TORCH_GEMM_TOO = cpu_gemm() == "onednn"
 
 
 def test_gpt_sampling_smoke():
@@ -17,12 +21,14 @@ def test_gpt_sampling_smoke():
                            "--classes", "3", "--batch", "2", "--rounds", "1", "--no-compile"])
     assert {"lcgen_s", "transformers_llama_generate_s", "transformers_llama_same_loop_s"} <= set(r)
     assert r["speedup_vs_generate"] > 0 and r["speedup_vs_same_loop"] > 0 and "lcgen_compiled_s" not in r
+    assert r["cpu_gemm"] == cpu_gemm() and ("speedup_torch_gemm_vs_same_loop" in r) == TORCH_GEMM_TOO
 
 
 def test_dit_speed_smoke():
     r = dit_speed.main(["--size", "T/2", "--latent", "8", "--channels", "4", "--classes", "5", "--batch", "1",
                         "--steps", "2", "--rounds", "1"])
     assert r["sampling_speedup_lcgen"] > 0 and r["train_speedup_lcgen"] > 0
+    assert r["cpu_gemm"] == cpu_gemm() and ("train_speedup_lcgen_torch_gemm" in r) == TORCH_GEMM_TOO
     # diffusers gives every block its own timestep + label embedder; lcgen shares one (DiT's layout)
     width = 128
     per_block_embedder = (256 * width + width) + (width * width + width) + 6 * width  # t MLP + label rows
@@ -32,7 +38,10 @@ def test_dit_speed_smoke():
 @pytest.mark.slow
 def test_search_throughput_smoke():
     rows = search_throughput.main(["--size", "smallest", "--tokens", "256", "--rounds", "1"])
-    assert {r["method"] for r in rows} == set(search_throughput.METHODS)
+    methods = {(r["method"], r["D"]) for r in rows}
+    assert {m for m, _ in methods} == set(search_throughput.METHODS) | ({search_throughput.TORCH_GEMM} if TORCH_GEMM_TOO
+                                                                         else set())
+    assert all(d == 768 for m, d in methods if m == search_throughput.TORCH_GEMM)
     assert all(r["exact_on_sample"] for r in rows)
 
 

@@ -6,7 +6,18 @@ import textwrap
 import pytest
 import torch
 
+from lcgen import cpu_linear
 from lcgen.tokenizer.quantizers.search import best_row_per_code, nearest_code, resolve_method
+
+GEMMS = ["torch"] + (["onednn"] if cpu_linear._onednn_available() else [])
+
+
+@pytest.fixture(params=GEMMS)
+def cpu_gemm(request):
+    """The brute force's score GEMM forced to each path lcgen.cpu_linear can take, whatever the CPU."""
+    cpu_linear.set_cpu_gemm(request.param)
+    yield request.param
+    cpu_linear.set_cpu_gemm(None)
 
 
 def fp64_argmin(x, codes, distance="l2"):
@@ -23,6 +34,19 @@ def fp64_argmin(x, codes, distance="l2"):
 def test_matches_fp64_bruteforce(distance, n, k, d):
     x, codes = torch.randn(n, d), torch.randn(k, d)
     assert torch.equal(nearest_code(x, codes, distance), fp64_argmin(x, codes, distance))
+
+
+@pytest.mark.parametrize("distance", ["l2", "cos"])
+@pytest.mark.parametrize("d,offset", [(768, 0.0), (64, 0.0), (8, 20.0)])
+def test_brute_force_exact_on_either_gemm(cpu_gemm, distance, d, offset):
+    """The blocked brute force on torch's GEMM and on oneDNN's: the fp64 argmin, also where fp32
+    cancellation misorders the plain formula (the offset case), with blocks small enough to span codes."""
+    g = torch.Generator().manual_seed(7)
+    spread = 0.01 if offset else 1.0
+    x = offset + spread * torch.randn(300, d, generator=g)
+    codes = offset + spread * torch.randn(3000, d, generator=g)
+    assert torch.equal(nearest_code(x, codes, distance, method="brute", memory_budget=1 << 18),
+                       fp64_argmin(x, codes, distance))
 
 
 def test_exact_where_fp32_cancellation_misorders():
@@ -150,7 +174,7 @@ def test_65536_tokens_against_100k_codes_under_1gb():
 
 
 @pytest.mark.parametrize("distance", ["l2", "cos"])
-def test_running_best_returns_the_two_smallest_scores_over_many_blocks(distance):
+def test_running_best_returns_the_two_smallest_scores_over_many_blocks(cpu_gemm, distance):
     """Best and runner-up of the blocked pass (indices and runner-ups computed only for rows a block
     changes) against a sort of the whole score matrix; small blocks so most rows skip most blocks."""
     from lcgen.tokenizer.quantizers.blocked_search import prepare_queries, running_best

@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from lcgen.cpu_linear import linear, takes_onednn
+
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # hard cap, in bytes, on the score buffer
 CODE_BLOCK = 2048  # codes per block
 FOLD_BIAS_MAX_DIM = 32  # fold the l2 bias into the GEMM up to this D (the copy of x it needs is small)
@@ -49,7 +51,8 @@ def running_best(x, codes, distance, memory_budget, gumbel: torch.Generator | No
     best = x.new_full((n,), math.inf)
     best_idx = torch.zeros(n, dtype=torch.long, device=x.device)
     second = x.new_full((n,), math.inf)
-    buffer = x.new_empty(token_block * code_block)
+    onednn = takes_onednn(x, x)  # the GEMM's two sides: x and the code blocks, in x's dtype on its device
+    buffer = None if onednn else x.new_empty(token_block * code_block)
     # At small D the score block's passes, not the GEMM, are the cost: the l2 bias ||e||^2 then rides
     # in the GEMM as one more coordinate ([x, 1] . [-2e, ||e||^2]) instead of being copied into the
     # block first (a length-(D+1) dot product, inside error_bound's gamma_(D+4))
@@ -62,14 +65,19 @@ def running_best(x, codes, distance, memory_budget, gumbel: torch.Generator | No
             cb = F.normalize(cb, dim=-1).neg()  # scores -x.e straight from the GEMM
         elif fold_bias:
             cb = torch.cat([cb * -2.0, cb.pow(2).sum(-1, keepdim=True)], dim=1)
-        bias = cb.pow(2).sum(-1).unsqueeze(0) if distance == "l2" and not fold_bias else None
+        bias = cb.pow(2).sum(-1) if distance == "l2" and not fold_bias else None
+        if onednn and bias is not None:
+            cb = cb * -2.0  # exact: the scores come out as x.(-2e) + ||e||^2 from one GEMM with its bias
         for t0 in range(0, n, token_block):
             xb = x[t0:t0 + token_block]
-            s = buffer[: xb.shape[0] * cb.shape[0]].view(xb.shape[0], cb.shape[0])
-            if bias is None:
-                torch.mm(xb, cb.t(), out=s)
+            if onednn:  # where torch's own GEMM takes a slow path (lcgen.cpu_linear); a fresh block
+                s = linear(xb, cb, bias)
             else:
-                torch.addmm(bias, xb, cb.t(), alpha=-2.0, out=s)
+                s = buffer[: xb.shape[0] * cb.shape[0]].view(xb.shape[0], cb.shape[0])
+                if bias is None:
+                    torch.mm(xb, cb.t(), out=s)
+                else:
+                    torch.addmm(bias.unsqueeze(0), xb, cb.t(), alpha=-2.0, out=s)
             if gumbel is not None:
                 u = torch.rand(s.shape, generator=gumbel, device=s.device).clamp_(1e-20, 1.0)
                 s.add_(u.log_().neg_().log_())  # -Gumbel = log(-log u)

@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
+from lcgen.cpu_linear import Linear
+
 from .distributed import all_reduce_sum
 
 
@@ -87,7 +89,7 @@ class FrozenProjectedCodebook(nn.Module):
         else:
             frozen = load_init_codebook(init_codebook, codebook_size)
         self.register_buffer("frozen", frozen)
-        self.projector = nn.Linear(frozen.shape[1], code_dim)
+        self.projector = Linear(frozen.shape[1], code_dim)  # 100,000 x 768 -> 8 a step: lcgen.cpu_linear
         nn.init.normal_(self.projector.weight, std=code_dim ** -0.5)  # VQGAN-LC; bias keeps torch default
 
     def weight(self) -> torch.Tensor:
