@@ -114,6 +114,29 @@ def test_compiled_linear_matches_eager_forward_and_backward(gemm):
     assert torch.allclose(layer.weight.grad, grads[1], rtol=1e-6, atol=1e-6)
 
 
+@needs_onednn
+def test_compiled_inference_uses_the_packed_copy_and_follows_the_weight(gemm):
+    import gc
+
+    gemm("onednn")
+    torch.manual_seed(5)
+    layer, x = Linear(24, 40), torch.randn(6, 24)
+    compiled = torch.compile(layer, fullgraph=True)
+    with torch.no_grad():
+        assert_within_bound(compiled(x), x, layer.weight, layer.bias)
+        assert layer._packed is not None  # made by the op, outside the graph
+        layer.weight.add_(1.0)
+        assert_within_bound(compiled(x), x, layer.weight, layer.bias)
+    key = id(layer)
+    assert cpu_linear._PACKING_MODULES[key]() is layer
+    del layer, compiled
+    gc.collect()
+    assert key not in cpu_linear._PACKING_MODULES
+    # an id that names no live module: the op multiplies by the weight it is given
+    w = torch.randn(5, 24)
+    assert_within_bound(cpu_linear.onednn_linear_packed(x, w, None, key), x, w, None)
+
+
 def test_torch_choice_is_f_linear_exactly(gemm):
     gemm("torch")
     torch.manual_seed(4)
