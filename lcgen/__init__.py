@@ -2,7 +2,7 @@
 GPT, LDM, DiT and SiT priors that generate with them, as diffusers pipelines.
 
 Layers, lowest first; a module imports only from its own layer or the ones below it:
-1. foundations: `lcgen.data`, `lcgen.training`, `lcgen.configs`, `lcgen.log`, and the metrics
+1. foundations: `lcgen.data`, `lcgen.training`, `lcgen.configs`, `lcgen.log`, `lcgen.cpu_linear`, the metrics
    `lcgen.eval.metrics` / `lcgen.eval.fid` (tensors in, numbers out);
 2. `lcgen.tokenizer`: quantizers, autoencoders, losses;
 3. `lcgen.priors`: GPT, LDM, DiT, SiT models and their objectives;
