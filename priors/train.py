@@ -22,7 +22,7 @@ from lcgen.log import configure as configure_logging
 from lcgen.pipelines import PIPELINES
 from lcgen.tokenizer import VQTokenizer
 from lcgen.training.config import parse_run_config
-from lcgen.training.run import TrainingRun, parameter_groups
+from lcgen.training.run import TrainingRun, adam_options, parameter_groups
 from lcgen.training.settings import check_training
 
 from .families import PREDICTION_TYPES, PriorObjective, build_prior, check_family, data_key
@@ -134,8 +134,9 @@ def train(cfg: dict) -> str:
                         generator=torch.Generator().manual_seed(t.seed))
     run.plan(len(loader), len(dataset), "items")
     params = [q for q in model.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(parameter_groups(model, t.weight_decay), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
-                            eps=t.adam_epsilon)
+    groups = parameter_groups(model, t.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
+                            **adam_options(groups))
     sched = run.lr_scheduler(opt)
     model, opt, sched, loader = accelerator.prepare(model, opt, sched, loader)
     raw = accelerator.unwrap_model(model)

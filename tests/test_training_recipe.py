@@ -13,7 +13,7 @@ from lcgen.pipelines import VQSiTPipeline
 from lcgen.priors.families import PriorObjective, min_snr_weights
 from lcgen.priors.latent_space import LatentSpace, resolve_normalization
 from lcgen.priors.ldm import build_ldm_unet
-from lcgen.training.run import lr_scheduler, parameter_groups
+from lcgen.training.run import adam_options, lr_scheduler, parameter_groups
 from lcgen.training.settings import TrainingConfig, check_training
 
 
@@ -61,6 +61,31 @@ def test_weight_decay_spares_norm_gains_and_biases():
 
 def linear_alphas_cumprod(n=1000, start=1e-4, end=0.02):
     return torch.cumprod(1 - torch.linspace(start, end, n, dtype=torch.float64), 0)
+
+
+@pytest.mark.parametrize("kind", [torch.optim.Adam, torch.optim.AdamW])
+def test_fused_adam_is_the_same_update_as_the_loop(kind):
+    """The training loops' optimiser: fused on CPU (one kernel a parameter), the same parameters after
+    five steps as torch's for-loop implementation, both weight-decay groups."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.Linear(32, 4))
+    twin = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.Linear(32, 4))
+    twin.load_state_dict(model.state_dict())
+    groups, twin_groups = parameter_groups(model, 0.1), parameter_groups(twin, 0.1)
+    assert adam_options(groups) == {"fused": True}
+    fused = kind(groups, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, **adam_options(groups))
+    loop = kind(twin_groups, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    for step in range(5):
+        x = torch.randn(8, 16, generator=torch.Generator().manual_seed(step))
+        for m, opt in ((model, fused), (twin, loop)):
+            m(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert adam_options([{"params": [torch.zeros(3, dtype=torch.complex64)]}]) == {}
+    assert adam_options([{"params": [nn.Parameter(torch.zeros(3, device="meta"))]}]) == {}
+    assert adam_options([]) == {}
 
 
 def test_min_snr_weights_match_their_formula():

@@ -21,7 +21,7 @@ from lcgen.eval.metrics import CodebookUsage
 from lcgen.log import configure as configure_logging
 from lcgen.training.config import parse_run_config
 from lcgen.training.grids import reconstruction_grid
-from lcgen.training.run import TrainingRun, parameter_groups
+from lcgen.training.run import TrainingRun, adam_options, parameter_groups
 from lcgen.training.settings import TrainingConfig, check_training
 
 from .losses import TokenizerLoss
@@ -74,8 +74,9 @@ def train(cfg: dict) -> str:
     accelerator = run.accelerator
 
     generator_params = [p for p in model.parameters() if p.requires_grad]
-    opt_g = torch.optim.Adam(parameter_groups(model, t.weight_decay), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
-                             eps=t.adam_epsilon)
+    groups = parameter_groups(model, t.weight_decay)
+    opt_g = torch.optim.Adam(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
+                             **adam_options(groups))
     loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=not d.streaming, drop_last=True,
                         num_workers=d.num_workers, collate_fn=collate_skipping_bad,
                         generator=torch.Generator().manual_seed(t.seed) if not d.streaming else None)
@@ -94,8 +95,9 @@ def train(cfg: dict) -> str:
         loader = accelerator.prepare(loader)
     disc = None
     if loss_fn.has_discriminator:
-        opt_d = torch.optim.Adam(parameter_groups(loss_fn.discriminator, t.weight_decay), lr=t.disc_lr or t.lr,
-                                 betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
+        groups_d = parameter_groups(loss_fn.discriminator, t.weight_decay)
+        opt_d = torch.optim.Adam(groups_d, lr=t.disc_lr or t.lr, betas=(t.adam_beta1, t.adam_beta2),
+                                 eps=t.adam_epsilon, **adam_options(groups_d))
         sched_d = run.lr_scheduler(opt_d)
         disc, opt_d, sched_d = accelerator.prepare(loss_fn.discriminator, opt_d, sched_d)
     if loss_fn.lpips is not None:
