@@ -73,8 +73,8 @@ FUSED_ADAM_DEVICES = ("cpu", "cuda")
 def adam_options(groups: list[dict]) -> dict:
     """`fused=True` for torch's Adam/AdamW where every parameter is a floating-point tensor on a device
     with its fused kernel: one pass over each parameter instead of a dozen elementwise ops. On the
-    2-core CPU, 77 M parameters: 67 ms a step fused against 366-1,124 ms for the default
-    (for-loop) AdamW and 491-553 ms for foreach; the update is the same up to rounding."""
+    2-core AMD EPYC, 77 M parameters: 20.6 ms an AdamW step fused against 78-169 ms for the default
+    (for-loop) and 472-495 ms for foreach; the update is the same up to rounding."""
     params = [p for g in groups for p in g["params"]]
     fused = bool(params) and all(p.is_floating_point() and p.device.type in FUSED_ADAM_DEVICES for p in params)
     return {"fused": True} if fused else {}
