@@ -20,7 +20,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.timing import interleaved, on_torch_gemm, onednn_chosen, ratio, report  # noqa: E402
+from benchmarks.timing import interleaved, on_torch_gemm, ratio, report  # noqa: E402
+from lcgen.cpu_linear import cpu_gemm  # noqa: E402
 
 
 def build(size: str, channels: int, latent: int, classes: int, device: str):
@@ -108,7 +109,7 @@ def main(argv=None):
         compiled = torch.compile(ours)
         samplers["lcgen_compiled"] = sampler(compiled, False, labels, a.steps, a.guidance, shape, a.device)
         trainers["lcgen_compiled"] = trainer(compiled, False, a.batch, shape, a.classes, a.device)
-    if a.device == "cpu" and onednn_chosen():  # the same model on torch's GEMM: what the GEMM choice gives
+    if a.device == "cpu" and cpu_gemm() == "onednn":  # the same model on torch's GEMM: what the GEMM choice gives
         samplers["lcgen_torch_gemm"] = on_torch_gemm(samplers["lcgen"])
         trainers["lcgen_torch_gemm"] = on_torch_gemm(trainer(ours, False, a.batch, shape, a.classes, a.device))
     n_ours, n_theirs = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))

@@ -21,7 +21,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.timing import interleaved, on_torch_gemm, onednn_chosen, ratio, report  # noqa: E402
+from benchmarks.timing import interleaved, on_torch_gemm, ratio, report  # noqa: E402
+from lcgen.cpu_linear import cpu_gemm  # noqa: E402
 
 
 def llamagen_layout(prior) -> dict:
@@ -124,7 +125,7 @@ def main(argv=None):
            "transformers_llama_same_loop": run_llama_same_loop}
     if a.no_compile:
         del fns["lcgen_compiled"]
-    if a.device == "cpu" and onednn_chosen():  # the same model on torch's GEMM: what the GEMM choice gives
+    if a.device == "cpu" and cpu_gemm() == "onednn":  # the same model on torch's GEMM: what the GEMM choice gives
         fns["lcgen_torch_gemm"] = on_torch_gemm(run_ours)
     times = interleaved(fns, a.rounds, a.device)
     result = {"device": a.device, "threads": torch.get_num_threads(), "model": a.llamagen or "GPTPrior",

@@ -56,12 +56,9 @@ def make_inputs(k: int, d: int, n: int, seed: int = 0):
 
 def run_method(method: str, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     if method == TORCH_GEMM:
-        from lcgen.cpu_linear import set_cpu_gemm
-        set_cpu_gemm("torch")
-        try:
+        from lcgen.cpu_linear import using_cpu_gemm
+        with using_cpu_gemm("torch"):
             return run_method("lcgen", x, codes)
-        finally:
-            set_cpu_gemm(None)
     if method in ("lcgen", "lcgen-rebuild", "lcgen-brute"):
         from lcgen.tokenizer.quantizers import simd_kdtree
         from lcgen.tokenizer.quantizers.search import nearest_code

@@ -32,23 +32,14 @@ def interleaved(fns: dict, rounds: int, device: str) -> dict:
 
 
 def on_torch_gemm(fn):
-    """fn run with lcgen's fp32 CPU linears on torch's own GEMM (`LCGEN_CPU_GEMM=torch`), the choice
-    restored after: the same model as the "lcgen" contender, so the pair separates lcgen's GEMM
-    choice (lcgen.cpu_linear) from the rest of its model and loop."""
-    from lcgen.cpu_linear import set_cpu_gemm
+    """fn run with lcgen's fp32 CPU linears on torch's own GEMM: the same model as the "lcgen"
+    contender, so the pair separates lcgen's GEMM choice (lcgen.cpu_linear) from the rest of it."""
+    from lcgen.cpu_linear import using_cpu_gemm
 
     def run():
-        set_cpu_gemm("torch")
-        try:
+        with using_cpu_gemm("torch"):
             return fn()
-        finally:
-            set_cpu_gemm(None)  # back to LCGEN_CPU_GEMM (or auto)
     return run
-
-
-def onednn_chosen() -> bool:
-    from lcgen.cpu_linear import cpu_gemm
-    return cpu_gemm() == "onednn"
 
 
 def ratio(times: dict, slow: str, fast: str) -> float:

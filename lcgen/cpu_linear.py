@@ -19,6 +19,7 @@ keeps `F.linear`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import weakref
@@ -79,6 +80,18 @@ def set_cpu_gemm(setting: str | None) -> str:
     global _choice
     _choice = _from_environment() if setting is None else _resolve(setting)
     return _choice
+
+
+@contextlib.contextmanager
+def using_cpu_gemm(setting: str):
+    """`set_cpu_gemm(setting)` for a block, the choice before it restored after."""
+    global _choice
+    before = _choice
+    set_cpu_gemm(setting)
+    try:
+        yield _choice
+    finally:
+        _choice = before
 
 
 @torch.compiler.assume_constant_result  # torch.compile reads the setting once, when it traces

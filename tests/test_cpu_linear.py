@@ -2,7 +2,6 @@
 gradients are the analytic ones, the packed weight follows the weight, and the choice of GEMM is
 what the policy says (each path forced, whatever CPU runs the test)."""
 import copy
-import pickle
 
 import pytest
 import torch
@@ -18,9 +17,9 @@ U = 2.0**-24
 
 @pytest.fixture
 def gemm():
-    """Force a choice for one test, then go back to the environment's."""
-    yield set_cpu_gemm
-    set_cpu_gemm(None)
+    """Force choices within one test, then go back to the one before it."""
+    with cpu_linear.using_cpu_gemm(cpu_gemm()):
+        yield set_cpu_gemm
 
 
 def gamma(n):
@@ -89,7 +88,7 @@ def test_linear_module_packed_weight_follows_the_weight(gemm):
         assert_within_bound(layer(x), x, plain.weight, plain.bias)
         layer.weight = nn.Parameter(torch.randn(48, 32))  # a new Parameter object (as a Hub loader sets)
         assert_within_bound(layer(x), x, layer.weight, layer.bias)
-    assert "_packed" not in pickle.loads(pickle.dumps(layer)).__dict__
+    assert "_packed" not in layer.__getstate__()  # what pickle and deepcopy take
     assert copy.deepcopy(layer)._packed is None
     double = layer.double()  # not fp32 any more: F.linear, the packed copy dropped
     assert double._packed is None and not takes_onednn(x.double(), double.weight)
@@ -164,6 +163,11 @@ def test_reduced_precision_autocast_and_other_dtypes_keep_f_linear(gemm):
 
 
 def test_policy(gemm, monkeypatch):
+    gemm("torch")
+    other = "onednn" if cpu_linear._onednn_available() else "torch"
+    with cpu_linear.using_cpu_gemm(other) as inside:
+        assert inside == other == cpu_gemm()
+    assert cpu_gemm() == "torch"  # the choice before the block, not the environment's
     with pytest.raises(ValueError, match="LCGEN_CPU_GEMM"):
         gemm("fast")
     monkeypatch.setenv("LCGEN_CPU_GEMM", "nonsense")

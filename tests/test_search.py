@@ -15,9 +15,8 @@ GEMMS = ["torch"] + (["onednn"] if cpu_linear._onednn_available() else [])
 @pytest.fixture(params=GEMMS)
 def cpu_gemm(request):
     """The brute force's score GEMM forced to each path lcgen.cpu_linear can take, whatever the CPU."""
-    cpu_linear.set_cpu_gemm(request.param)
-    yield request.param
-    cpu_linear.set_cpu_gemm(None)
+    with cpu_linear.using_cpu_gemm(request.param):
+        yield request.param
 
 
 def fp64_argmin(x, codes, distance="l2"):
