@@ -24,6 +24,25 @@ from .search import best_row_per_code
 ANCHORS = ("closest", "random", "probrandom")
 
 
+def update_running_usage(usage: torch.Tensor, groups, decay: float, sync_distributed: bool) -> None:
+    """N_k <- gamma*N_k + (1-gamma)*n_k/N in place, per codebook; usage: (G, K); groups: list over
+    codebooks of (features, indices (n,)). Counts are summed over data-parallel ranks first."""
+    g, k = usage.shape
+    counts = usage.new_zeros(g, k + 1)  # last column: number of features
+    for i, (_, inds) in enumerate(groups):
+        counts[i, :k] = torch.bincount(inds, minlength=k).float()
+        counts[i, k] = inds.numel()
+    if sync_distributed:
+        all_reduce_sum(counts)
+    usage.mul_(decay).add_(counts[:, :k] / counts[:, k:].clamp_min(1), alpha=1 - decay)
+
+
+def revival_rate(usage: torch.Tensor, decay: float) -> torch.Tensor:
+    """CVQ's alpha_k = exp(-N_k*K*10/(1-gamma) - 1e-3): ~1 for a code unused for a few hundred steps,
+    ~0 for one used at anything near the uniform rate 1/K."""
+    return torch.exp(-usage * usage.shape[-1] * 10 / (1 - decay) - 1e-3)
+
+
 class OnlineClustering(nn.Module):
     def __init__(self, num_codebooks: int, codebook_size: int, code_dim: int, decay: float = 0.99,
                  anchor: str = "closest", distance: str = "cos", seed: int = 0, sync_distributed: bool = True):
@@ -38,8 +57,7 @@ class OnlineClustering(nn.Module):
             self.register_buffer("pool_filled", torch.zeros(num_codebooks, dtype=torch.long))
 
     def alpha(self) -> torch.Tensor:
-        k = self.usage.shape[-1]
-        return torch.exp(-self.usage * k * 10 / (1 - self.decay) - 1e-3)
+        return revival_rate(self.usage, self.decay)
 
     def _generator(self, device, per_rank: bool) -> torch.Generator:
         rank = torch.distributed.get_rank() if (per_rank and is_distributed()) else 0
@@ -51,14 +69,7 @@ class OnlineClustering(nn.Module):
     def step(self, codebook: torch.Tensor, groups) -> torch.Tensor:
         """codebook: (G, K, d) before the update; groups: list over codebooks of (features (n, d),
         indices (n,)). Updates the running usage and returns the revived codebook (G, K, d)."""
-        g, k, _ = codebook.shape
-        counts = codebook.new_zeros(g, k + 1)  # last column: number of features
-        for i, (feats, inds) in enumerate(groups):
-            counts[i, :k] = torch.bincount(inds, minlength=k).float()
-            counts[i, k] = inds.numel()
-        if self.sync_distributed:
-            all_reduce_sum(counts)
-        self.usage.mul_(self.decay).add_(counts[:, :k] / counts[:, k:].clamp_min(1), alpha=1 - self.decay)
+        update_running_usage(self.usage, groups, self.decay, self.sync_distributed)
         alpha = self.alpha().unsqueeze(-1)
         anchors = torch.stack([self._anchors(i, codebook[i], feats) for i, (feats, _) in enumerate(groups)])
         self.steps += 1

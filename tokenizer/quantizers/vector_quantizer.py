@@ -22,12 +22,13 @@ from lcgen.checks import check_choice, check_finite, check_positive_int
 from .codebooks import FrozenProjectedCodebook, LearnedCodebook
 from .ema import EMACodebook
 from .interpolation import interpolate_down, interpolate_up
+from .latent_pull import DeadCodePull
 from .online_clustering import ANCHORS, OnlineClustering
 from .search import DEFAULT_MEMORY_BUDGET, nearest_code
 
 CODEBOOKS = ("learned", "ema", "frozen_projected")
 DISTANCES = ("l2", "cos")
-REVIVALS = (None, "cvq")
+REVIVALS = (None, "cvq", "latent-pull")
 
 
 @dataclass
@@ -70,7 +71,10 @@ class VectorQuantizer(nn.Module):
             mean (LooC's PQ baseline adds its m sub-quantizers' losses): m x the loss above.
         decay: EMA decay of the EMA codebook and of CVQ's running usage (gamma).
         eps: Laplace smoothing of the EMA codebook.
-        revival: None or "cvq" (online clustering, any non-frozen codebook).
+        revival: None, "cvq" (online clustering: unused codes move to their anchors; any non-frozen
+            codebook) or "latent-pull" (lcgen's mirror for a frozen codebook: each unused code pulls
+            its closest batch latent towards itself through the encoder's gradient; see latent_pull).
+        pull_weight: weight of the latent-pull loss relative to the commitment term (x commitment_weight).
         anchor: CVQ anchor, "closest", "random" or "probrandom".
         init_codebook: VQGAN-LC frozen codebook, a (K, D) tensor or a .safetensors file.
         frozen_dim: D of the random frozen codebook used when init_codebook is None.
@@ -86,7 +90,7 @@ class VectorQuantizer(nn.Module):
                  distance: str = "l2", normalize: bool = False, commitment_weight: float = 1.0,
                  codebook_weight: float = 0.33, sum_codebook_losses: bool = False, decay: float = 0.99,
                  eps: float = 1e-5,
-                 revival: str | None = None, anchor: str = "closest", init_codebook=None,
+                 revival: str | None = None, pull_weight: float = 1.0, anchor: str = "closest", init_codebook=None,
                  frozen_dim: int = 768, projector_init: str = "vqgan-lc", memory_budget: int = DEFAULT_MEMORY_BUDGET,
                  sync_distributed: bool = True, seed: int = 0):
         super().__init__()
@@ -108,11 +112,13 @@ class VectorQuantizer(nn.Module):
         check_finite("commitment_weight", commitment_weight, 0)
         check_finite("codebook_weight", codebook_weight, 0)
         check_finite("eps", eps, 0)
+        check_finite("pull_weight", pull_weight, 0)
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
-        if codebook == "frozen_projected" and revival is not None:
+        if codebook == "frozen_projected" and revival == "cvq":
             raise ValueError("revival needs a codebook it can move; the VQGAN-LC codebook is frozen "
-                             "(pass revival=None, e.g. kind='looc' with codebook='frozen_projected', revival=None)")
+                             "(pass revival=None or 'latent-pull', e.g. kind='looc' with codebook='frozen_projected', "
+                             "revival=None)")
         if codebook == "frozen_projected" and not shared_codebook:
             raise ValueError("a frozen projected codebook is shared by all chunks (shared_codebook=True)")
         if init_codebook is not None and codebook != "frozen_projected":
@@ -142,6 +148,9 @@ class VectorQuantizer(nn.Module):
             self.codebook = FrozenProjectedCodebook(codebook_size, chunk_dim, init_codebook, frozen_dim, projector_init)
         self.reviver = (OnlineClustering(self.num_codebooks, codebook_size, chunk_dim, decay, anchor, distance,
                                          seed, sync_distributed) if revival == "cvq" else None)
+        self.puller = (DeadCodePull(self.num_codebooks, codebook_size, decay, distance,
+                                    commitment_weight * pull_weight, sync_distributed)
+                       if revival == "latent-pull" else None)
         # which codebook each chunk uses: all the shared one, or its own
         chunk_codebook = torch.zeros(self.num_chunks, dtype=torch.long) if shared_codebook else torch.arange(self.num_chunks)
         self.register_buffer("chunk_codebook", chunk_codebook, persistent=False)
@@ -211,6 +220,8 @@ class VectorQuantizer(nn.Module):
             loss = self.commitment_weight * F.mse_loss(flat, zq.detach())
             if self.codebook_weight and zq.requires_grad:
                 loss = loss + self.codebook_weight * F.mse_loss(zq, flat.detach())
+            if self.training and self.puller is not None:
+                loss = loss + self.puller.loss(codebook, self._groups(flat, indices))
             loss = self.loss_scale * loss
             if self.training:
                 self.scale_ratio = code_to_latent_scale(codebook.detach(), flat.detach())
