@@ -111,7 +111,7 @@ def markdown_table(results: dict) -> str:
 def judge(out: str, epochs: int) -> str:
     path = os.path.join(out, "judge")
     if not os.path.isfile(os.path.join(path, "metrics.json")):
-        m = train_classifier(path, epochs=epochs, mixed_precision="bf16")
+        m = train_classifier(path, epochs=epochs, mixed_precision="auto")
         print(f"judge: {m['test_accuracy']:.1%} test accuracy, {m['seconds']:.0f} s")
     return path
 

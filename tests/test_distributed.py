@@ -40,6 +40,12 @@ def _codebook(q):
     return q.codebook.weight().detach().clone()
 
 
+def _lc_pull():
+    """A frozen VQGAN-LC codebook with the latent pull: its state is the running usage."""
+    torch.manual_seed(1234)
+    return build_quantizer("lc", dim=DIM, codebook_size=K, init_codebook=torch.randn(K, 16), revival="latent-pull")
+
+
 def _worker(rank, world, port, results):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -50,6 +56,8 @@ def _worker(rank, world, port, results):
         for step in range(STEPS):
             q(_batch(step, rank))
         out[case] = (_codebook(q), q.reviver.usage.clone() if q.reviver is not None else None)
+    q = _lc_pull()
+    out["lc_pull"] = [q(_batch(step, rank)).loss.item() for step in range(STEPS)], q.puller.usage.clone()
     results[rank] = out
     dist.destroy_process_group()
 
@@ -84,3 +92,14 @@ def test_two_ranks_equal_one_process_on_the_union(two_rank_results, case):
     for step in range(STEPS):
         q(torch.cat([_batch(step, 0), _batch(step, 1)]))
     assert torch.allclose(two_rank_results[0][case][0], _codebook(q), atol=1e-5)
+
+
+def test_latent_pull_usage_is_summed_over_ranks(two_rank_results):
+    """Every rank sees the same dead codes (the usage of the union of both batches); each pulls its own
+    closest latents, so the losses differ by rank."""
+    (loss0, usage0), (loss1, usage1) = two_rank_results[0]["lc_pull"], two_rank_results[1]["lc_pull"]
+    q = _lc_pull()
+    for step in range(STEPS):
+        q(torch.cat([_batch(step, 0), _batch(step, 1)]))
+    assert torch.equal(usage0, usage1) and torch.allclose(usage0, q.puller.usage, atol=1e-7)
+    assert usage0.sum() > 0 and loss0 != loss1
