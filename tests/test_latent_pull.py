@@ -35,6 +35,7 @@ def test_one_step_by_hand():
     usage = (1 - gamma) * torch.tensor([1.0, 2.0, 0.0, 0.0]) / 3
     assert torch.allclose(q.puller.usage[0], usage)
     alpha = torch.exp(-usage * 4 * 10 / (1 - gamma) - 1e-3)
+    assert q.puller.dead_fraction == 0.5  # codes 2 and 3, logged by the training loop
     # dead codes 2 and 3 pull their closest latents: (2, 2) and (0.1, 0); used ones (alpha ~ e^-13) pull nothing
     pull = alpha[2] * ((rows[2] - codes[2]) ** 2).sum() + alpha[3] * ((rows[0] - codes[3]) ** 2).sum()
     commit = ((rows - codes[[0, 1, 1]]) ** 2).mean()

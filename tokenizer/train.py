@@ -145,7 +145,9 @@ def train(cfg: dict) -> str:
             if accelerator.sync_gradients and run.end_step(
                     lambda: {**{k: float(v) for k, v in logs.items()}, "lr": sched_g.get_last_lr()[0],
                              "data/skipped_images": int(skipped_images),
-                             "codebook/scale_ratio": float(raw.quantizer.scale_ratio)}):
+                             "codebook/scale_ratio": float(raw.quantizer.scale_ratio),
+                             **({"codebook/dead_fraction": float(raw.quantizer.puller.dead_fraction)}
+                                if raw.quantizer.puller is not None else {})}):
                 break
         if run.interrupted:
             break

@@ -60,6 +60,10 @@ def load_init_codebook(init_codebook, codebook_size: int) -> torch.Tensor:
 
 
 PROJECTOR_INITS = ("vqgan-lc", "latent-stats")
+# VQGAN-LC's --use_cblinear 1 (one Linear, the paper's and the README's) and 2 (Linear(D, 256) -> ReLU ->
+# Linear(256, D'), torch's default initialisation, as the official code leaves it)
+PROJECTORS = ("linear", "mlp")
+MLP_HIDDEN = 256
 
 
 class FrozenProjectedCodebook(nn.Module):
@@ -67,16 +71,20 @@ class FrozenProjectedCodebook(nn.Module):
     latent space by one trainable projector, recomputed every forward so that training the
     projector moves every code at once (the reason utilisation stays above 99%).
 
-    projector_init "vqgan-lc": weight N(0, D'^-0.5), torch's default bias, as the official code.
-    "latent-stats" (an lcgen option, not the paper's): the same draw, then on the first training batch
-    rescaled so the projected codes have the latents' spread and shifted onto their mean
-    (`align_to`), so that training starts with codes and latents on one scale."""
+    projector "linear" (VQGAN-LC's default) or "mlp" (its --use_cblinear 2).
+    projector_init "vqgan-lc": the linear weight N(0, D'^-0.5), torch's default bias, as the official
+    code (the MLP keeps torch's defaults, as there). "latent-stats" (an lcgen option, not the paper's):
+    the same draw, then on the first training batch the last layer rescaled so the projected codes have
+    the latents' spread and shifted onto their mean (`align_to`), so that training starts with codes
+    and latents on one scale."""
 
     def __init__(self, codebook_size: int, code_dim: int, init_codebook=None, frozen_dim: int = 768,
-                 projector_init: str = "vqgan-lc"):
+                 projector_init: str = "vqgan-lc", projector: str = "linear"):
         super().__init__()
         if projector_init not in PROJECTOR_INITS:
             raise ValueError(f"projector_init must be one of {PROJECTOR_INITS}, got {projector_init!r}")
+        if projector not in PROJECTORS:
+            raise ValueError(f"projector must be one of {PROJECTORS}, got {projector!r}")
         self.projector_init = projector_init
         if projector_init == "latent-stats":  # saved with the weights: a loaded or resumed model is not re-aligned
             self.register_buffer("aligned", torch.tensor(False))
@@ -89,8 +97,16 @@ class FrozenProjectedCodebook(nn.Module):
         else:
             frozen = load_init_codebook(init_codebook, codebook_size)
         self.register_buffer("frozen", frozen)
-        self.projector = Linear(frozen.shape[1], code_dim)  # 100,000 x 768 -> 8 a step: lcgen.cpu_linear
-        nn.init.normal_(self.projector.weight, std=code_dim ** -0.5)  # VQGAN-LC; bias keeps torch default
+        if projector == "linear":
+            self.projector = Linear(frozen.shape[1], code_dim)  # 100,000 x 768 -> 8 a step: lcgen.cpu_linear
+            nn.init.normal_(self.projector.weight, std=code_dim ** -0.5)  # VQGAN-LC; bias keeps torch default
+        else:
+            self.projector = nn.Sequential(Linear(frozen.shape[1], MLP_HIDDEN), nn.ReLU(), Linear(MLP_HIDDEN, code_dim))
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The projector's last Linear, which `align_to` rescales and shifts."""
+        return self.projector[-1] if isinstance(self.projector, nn.Sequential) else self.projector
 
     def weight(self) -> torch.Tensor:
         with torch.autocast(device_type=self.frozen.device.type, enabled=False):
@@ -114,6 +130,6 @@ class FrozenProjectedCodebook(nn.Module):
         latent_spread = (stats[d:2 * d] / n - mean.pow(2)).sum().clamp_min(0).sqrt()
         codes = self.projector(self.frozen.float())
         code_spread = (codes - codes.mean(0)).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
-        self.projector.weight.mul_(latent_spread / code_spread)
-        self.projector.bias.add_(mean - self.projector(self.frozen.float()).mean(0))
+        self.output_layer.weight.mul_(latent_spread / code_spread)
+        self.output_layer.bias.add_(mean - self.projector(self.frozen.float()).mean(0))
         self.aligned.fill_(True)

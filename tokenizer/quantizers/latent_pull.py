@@ -22,15 +22,21 @@ import torch.nn as nn
 from .online_clustering import revival_rate, update_running_usage
 from .search import nearest_code
 
+# which side the pull's gradient moves: the latents (the encoder) or the codes (for VQGAN-LC, the projector)
+MOVES = ("latents", "codes")
 DEAD_RATE = 1e-3  # codes with alpha below this pull nothing (skipped from the search)
 
 
 class DeadCodePull(nn.Module):
     def __init__(self, num_codebooks: int, codebook_size: int, decay: float = 0.99, distance: str = "l2",
-                 weight: float = 1.0, sync_distributed: bool = True):
+                 weight: float = 1.0, move: str = "latents", sync_distributed: bool = True):
         super().__init__()
+        if move not in MOVES:
+            raise ValueError(f"move must be one of {MOVES}, got {move!r}")
         self.decay, self.distance, self.weight, self.sync_distributed = decay, distance, weight, sync_distributed
+        self.move = move
         self.register_buffer("usage", torch.zeros(num_codebooks, codebook_size))
+        self.dead_fraction = None  # share of codes pulling at the last training batch (logged by the training loop)
 
     def loss(self, codebook: torch.Tensor, groups) -> torch.Tensor:
         """codebook: (G, K, d); groups: list over codebooks of (latents (n, d) with their gradient,
@@ -38,16 +44,20 @@ class DeadCodePull(nn.Module):
         with torch.no_grad():
             update_running_usage(self.usage, [(None, inds) for _, inds in groups], self.decay, self.sync_distributed)
             alpha = revival_rate(self.usage, self.decay)  # (G, K)
+            self.dead_fraction = (alpha > DEAD_RATE).float().mean()
         total, count = codebook.new_zeros(()), 0
         for i, (latents, _) in enumerate(groups):
             count += latents.numel()
             dead = (alpha[i] > DEAD_RATE).nonzero().squeeze(1)
             if dead.numel() == 0 or latents.shape[0] == 0:
                 continue
-            codes = codebook[i, dead].detach()  # (k, d)
+            codes = codebook[i, dead]  # (k, d)
             # the codes are the queries and the latents the table: the exact search of the lookup
-            rows = nearest_code(codes, latents.detach(), self.distance)  # (k,)
-            gap = (latents[rows] - codes).pow(2).sum(1)  # (k,)
+            rows = nearest_code(codes.detach(), latents.detach(), self.distance)  # (k,)
+            if self.move == "latents":
+                gap = (latents[rows] - codes.detach()).pow(2).sum(1)  # (k,)
+            else:
+                gap = (latents[rows].detach() - codes).pow(2).sum(1)
             # each latent answers one dead code only, the closest of those that chose it: pulled towards
             # several it would settle between them, in none of their cells
             nearest = gap.new_full((latents.shape[0],), float("inf")).scatter_reduce(0, rows, gap.detach(), "amin")

@@ -28,7 +28,7 @@ from .search import DEFAULT_MEMORY_BUDGET, nearest_code
 
 CODEBOOKS = ("learned", "ema", "frozen_projected")
 DISTANCES = ("l2", "cos")
-REVIVALS = (None, "cvq", "latent-pull")
+REVIVALS = (None, "cvq", "latent-pull", "code-pull")
 
 
 @dataclass
@@ -80,6 +80,7 @@ class VectorQuantizer(nn.Module):
         frozen_dim: D of the random frozen codebook used when init_codebook is None.
         projector_init: VQGAN-LC projector start, "vqgan-lc" (the paper's) or "latent-stats" (lcgen's:
             rescaled and shifted onto the first training batch's latents; see FrozenProjectedCodebook).
+        projector: VQGAN-LC projector, "linear" (the paper's) or "mlp" (its --use_cblinear 2).
         memory_budget: bytes the nearest-code search may use for score blocks.
         sync_distributed: all-reduce statistics and share anchors across data-parallel ranks.
         seed: seeds the random anchors (identically on every rank).
@@ -91,7 +92,7 @@ class VectorQuantizer(nn.Module):
                  codebook_weight: float = 0.33, sum_codebook_losses: bool = False, decay: float = 0.99,
                  eps: float = 1e-5,
                  revival: str | None = None, pull_weight: float = 1.0, anchor: str = "closest", init_codebook=None,
-                 frozen_dim: int = 768, projector_init: str = "vqgan-lc", memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                 frozen_dim: int = 768, projector_init: str = "vqgan-lc", projector: str = "linear", memory_budget: int = DEFAULT_MEMORY_BUDGET,
                  sync_distributed: bool = True, seed: int = 0):
         super().__init__()
         check_positive_int("dim", dim)
@@ -125,6 +126,8 @@ class VectorQuantizer(nn.Module):
             raise ValueError("init_codebook is only used by codebook='frozen_projected' (kind 'lc')")
         if projector_init != "vqgan-lc" and codebook != "frozen_projected":
             raise ValueError("projector_init is only used by codebook='frozen_projected' (kind 'lc')")
+        if projector != "linear" and codebook != "frozen_projected":
+            raise ValueError("projector is only used by codebook='frozen_projected' (kind 'lc')")
         check_positive_int("memory_budget", memory_budget)
 
         self.dim, self.codebook_size, self.code_dim, self.chunk_dim = dim, codebook_size, code_dim, chunk_dim
@@ -145,12 +148,13 @@ class VectorQuantizer(nn.Module):
         elif codebook == "ema":
             self.codebook = EMACodebook(self.num_codebooks, codebook_size, chunk_dim, decay, eps, sync_distributed)
         else:
-            self.codebook = FrozenProjectedCodebook(codebook_size, chunk_dim, init_codebook, frozen_dim, projector_init)
+            self.codebook = FrozenProjectedCodebook(codebook_size, chunk_dim, init_codebook, frozen_dim, projector_init,
+                                                    projector)
         self.reviver = (OnlineClustering(self.num_codebooks, codebook_size, chunk_dim, decay, anchor, distance,
                                          seed, sync_distributed) if revival == "cvq" else None)
-        self.puller = (DeadCodePull(self.num_codebooks, codebook_size, decay, distance,
-                                    commitment_weight * pull_weight, sync_distributed)
-                       if revival == "latent-pull" else None)
+        self.puller = (DeadCodePull(self.num_codebooks, codebook_size, decay, distance, commitment_weight * pull_weight,
+                                    "latents" if revival == "latent-pull" else "codes", sync_distributed)
+                       if revival in ("latent-pull", "code-pull") else None)
         # which codebook each chunk uses: all the shared one, or its own
         chunk_codebook = torch.zeros(self.num_chunks, dtype=torch.long) if shared_codebook else torch.arange(self.num_chunks)
         self.register_buffer("chunk_codebook", chunk_codebook, persistent=False)
