@@ -99,3 +99,20 @@ def test_options_and_state():
                         pull_weight=math.nan)
     with pytest.raises(ValueError, match="frozen"):  # CVQ's revival moves codes: refused on a frozen table
         build_quantizer("lc", dim=8, codebook_size=10, init_codebook=codes, revival="cvq")
+
+
+def test_code_pull_moves_the_projector_not_the_latents():
+    """revival="code-pull": the same loss, its gradient on the codes (the projector), none on the latents."""
+    codes = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]])
+    rows = torch.tensor([[0.1, 0.0], [0.9, 0.1]])
+    pulled, plain = frozen_lc(codes, revival="code-pull", pull_weight=3.0), frozen_lc(codes)
+    z1, z2 = as_latent(rows).requires_grad_(), as_latent(rows).requires_grad_()
+    out, ref = pulled(z1), plain(z2)
+    alpha = math.exp(-1e-3)  # code 2 never used
+    gap = ((rows[1] - codes[2]) ** 2).sum()  # its closest latent is (0.9, 0.1)
+    assert torch.allclose(out.loss, ref.loss + 3.0 * alpha * gap / (2 * 2), rtol=1e-5)
+    (out.loss + ref.loss).backward()
+    assert torch.allclose(z1.grad, z2.grad)  # the latents feel only the commitment
+    extra = pulled.codebook.projector.weight.grad - plain.codebook.projector.weight.grad
+    # d/dW of 3 * alpha * ||W e_2 + b - z||^2 / 4 with W = I, b = 0
+    assert torch.allclose(extra, 3.0 * alpha * 2 * torch.outer(codes[2] - rows[1], codes[2]) / 4, rtol=1e-4)

@@ -399,3 +399,31 @@ def test_lc_latent_stats_projector_init_matches_the_first_batch_and_persists(tmp
     loaded = VQTokenizer.from_pretrained(tmp_path / "m")
     assert not loaded.quantizer.codebook.needs_alignment
     assert torch.equal(loaded.quantizer.codebook.projector.weight, m.quantizer.codebook.projector.weight)
+
+
+def test_lc_mlp_projector_is_vqgan_lc_use_cblinear_2_and_aligns_its_last_layer():
+    """projector="mlp": Linear(D, 256) -> ReLU -> Linear(256, D'), the codes are that map of the frozen
+    table; latent-stats rescales and shifts its last layer onto the first batch."""
+    from lcgen.tokenizer.quantizers.vector_quantizer import code_to_latent_scale
+
+    torch.manual_seed(0)
+    frozen = torch.randn(40, 12) * 10
+    q = build_quantizer("lc", dim=8, codebook_size=40, init_codebook=frozen, projector="mlp")
+    first, act, last = q.codebook.projector
+    assert (first.in_features, first.out_features, last.in_features, last.out_features) == (12, 256, 256, 8)
+    assert isinstance(act, torch.nn.ReLU)
+    expected = F.relu(frozen @ first.weight.t() + first.bias) @ last.weight.t() + last.bias
+    assert torch.allclose(q.codebook.weight()[0], expected, atol=1e-4)
+    aligned = build_quantizer("lc", dim=8, codebook_size=40, init_codebook=frozen, projector="mlp",
+                              projector_init="latent-stats")
+    w0 = aligned.codebook.projector[0].weight.clone()
+    z = torch.randn(2, 8, 3, 3) * 0.1 - 0.3
+    aligned.train()(z)
+    codes, flat = aligned.codebook.weight()[0].detach(), bhwc(aligned.project_in(z)).detach()
+    assert torch.allclose(codes.mean(0), flat.mean(0), atol=1e-5)
+    assert torch.isclose(code_to_latent_scale(codes[None], flat[:, None]), torch.tensor(1.0), atol=1e-4)
+    assert torch.equal(aligned.codebook.projector[0].weight, w0)  # only the last layer moved
+    with pytest.raises(ValueError, match="projector"):
+        build_quantizer("lc", dim=8, codebook_size=40, init_codebook=frozen, projector="conv")
+    with pytest.raises(ValueError, match="projector"):
+        build_quantizer("vq", dim=8, codebook_size=40, projector="mlp")
