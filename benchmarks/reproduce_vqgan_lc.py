@@ -10,8 +10,9 @@ at the same size, each with one equal budget.
    mini-batch k-means per class, K / 10 centres each.
 2. Tokenizers: the preset `fashion-mnist-vqgan-lc-cpu` (VQGAN-LC's recipe scaled to this data),
    with the quantizer swapped per run: LC at K in {1,024; 16,384; 50,000; 100,000}, and VQ, FC, EMA
-   at K = 100,000; and `fashion-mnist-vqgan-lc-aligned-cpu` (the same + lcgen's projector_init
-   "latent-stats") at K = 100,000. Every run: the same steps, batch and schedule.
+   at K = 100,000; `fashion-mnist-vqgan-lc-aligned-cpu` (the same + lcgen's projector_init
+   "latent-stats") and `fashion-mnist-vqgan-lc-pull-cpu` (aligned + lcgen's revival "latent-pull")
+   at K = 100,000. Every run: the same steps, batch and schedule.
 3. Per run: utilisation and perplexity on the training split (full budget: all 60,000 x 49 tokens,
    29 per code at K = 100,000; quick: the first 10,000 images) and on the test split (with tokens
    per code beside it), PSNR, SSIM, rFID in the judge's feature space, and the code-to-latent scale
@@ -51,9 +52,11 @@ from lcgen.training.checkpointing import list_checkpoints  # noqa: E402
 
 PRESET = "fashion-mnist-vqgan-lc-cpu"  # the paper's recipe
 ALIGNED = "fashion-mnist-vqgan-lc-aligned-cpu"  # + lcgen's projector_init "latent-stats"
+PULLED = "fashion-mnist-vqgan-lc-pull-cpu"  # + lcgen's revival "latent-pull" (dead codes pull their closest latents)
 BIG_K = 100_000
 # K = 100,000 first (the claim), then the smaller LC codebooks
 RUNS = [("lc-100000", "lc", BIG_K, PRESET), ("lc-aligned-100000", "lc", BIG_K, ALIGNED),
+        ("lc-pull-100000", "lc", BIG_K, PULLED),
         ("fc-100000", "fc", BIG_K, PRESET), ("vq-100000", "vq", BIG_K, PRESET), ("ema-100000", "ema", BIG_K, PRESET),
         ("lc-50000", "lc", 50_000, PRESET), ("lc-16384", "lc", 16_384, PRESET), ("lc-1024", "lc", 1024, PRESET)]
 # steps of batch 256 (VQGAN-LC's global batch); judge epochs; k-means passes and images; images evaluated

@@ -22,7 +22,7 @@ def test_every_run_names_a_shipped_preset_and_budgets_fit_the_token_counts():
     from lcgen.tokenizer.train import parse_config
 
     presets = {preset for *_, preset in reproduce_vqgan_lc.RUNS}
-    assert presets == {reproduce_vqgan_lc.PRESET, reproduce_vqgan_lc.ALIGNED}
+    assert presets == {reproduce_vqgan_lc.PRESET, reproduce_vqgan_lc.ALIGNED, reproduce_vqgan_lc.PULLED}
     for preset in presets:  # resolves by name, as the benchmark passes it
         assert parse_config(["--config", preset])["model"]["quantizer_kind"] == "lc"
     # the full budget counts usage over the whole training split: >= 25 tokens per code at K = 100,000
