@@ -111,12 +111,19 @@ def test_vqgan_lc_presets_place_attention_as_the_official_configs(preset, attent
     assert ["Attn" in type(b).__name__ for b in m.decoder.up_blocks] == attention_levels[::-1]
 
 
-def test_aligned_lc_preset_is_the_paper_recipe_plus_latent_stats():
-    """The two Fashion-MNIST VQGAN-LC recipes differ only in the projector start (and the run folder)."""
+PULL_OPTIONS = {"projector_init": "latent-stats", "revival": "latent-pull", "pull_weight": 10000.0, "decay": 0.9}
+
+
+@pytest.mark.parametrize("preset, options", [
+    ("fashion-mnist-vqgan-lc-aligned-cpu", {"projector_init": "latent-stats"}),
+    ("fashion-mnist-vqgan-lc-pull-cpu", PULL_OPTIONS)])
+def test_lcgen_lc_presets_are_the_paper_recipe_plus_their_options(preset, options):
+    """The Fashion-MNIST VQGAN-LC recipes differ from the paper's only in their quantizer options (and
+    the run folder)."""
     paper, aligned = (parse_config(["--config", os.path.join(ROOT, "configs", f"{name}.yaml")])
-                      for name in ("fashion-mnist-vqgan-lc-cpu", "fashion-mnist-vqgan-lc-aligned-cpu"))
+                      for name in ("fashion-mnist-vqgan-lc-cpu", preset))
     model = dict(aligned["model"])
-    assert model.pop("quantizer_options") == {"projector_init": "latent-stats"}
+    assert model.pop("quantizer_options") == options
     assert model == dict(paper["model"]) and "quantizer_options" not in paper["model"]
     for section in ("loss", "data"):
         assert vars(aligned[section]) == vars(paper[section])
