@@ -5,8 +5,10 @@ codes are a frozen table seen through one shared projector, so no code can move 
 rarely used code pulls its anchor towards itself, through the encoder's gradient:
 
   N_k, alpha_k                 CVQ's running usage and rate (`online_clustering`), ~1 for a dead code
-  r(k) = argmin_n ||z_n - e_k||  the batch latent closest to code k (exact search, codes as queries)
+  r(k) = argmin_n ||z_n - e_k||  the batch latent closest to code k (exact search, codes as queries);
+                               a latent chosen by several codes answers only the closest of them
   loss = w * sum_k alpha_k * ||z_r(k) - sg(e_k)||^2 / (N * d)
+  ("code-pull": the same loss with sg on the latent, so the codes, i.e. VQGAN-LC's projector, move)
 
 Normalised by the N latents of the batch (and d), one dead code's pull weighs as much as one latent's
 commitment term, so a dead code is revived when its closest latent crosses into its cell; codes in
