@@ -116,3 +116,15 @@ def test_code_pull_moves_the_projector_not_the_latents():
     extra = pulled.codebook.projector.weight.grad - plain.codebook.projector.weight.grad
     # d/dW of 3 * alpha * ||W e_2 + b - z||^2 / 4 with W = I, b = 0
     assert torch.allclose(extra, 3.0 * alpha * 2 * torch.outer(codes[2] - rows[1], codes[2]) / 4, rtol=1e-4)
+
+
+def test_a_latent_answers_only_the_closest_dead_code_that_chose_it():
+    """Dead codes 2 and 3 both have latent (1, 0) as their closest; only code 2, the nearer, pulls it
+    (pulled towards both it would settle between them); a tie goes to the lower code index."""
+    codes = torch.tensor([[0.0, 0.0], [-1.0, 0.0], [3.0, 0.0], [1.0, 4.0], [1.0, -2.0]])
+    rows = torch.tensor([[0.0, 0.1], [-1.0, 0.1], [1.0, 0.0]])  # codes 0, 1, 0 in use
+    q, plain = frozen_lc(codes, revival="latent-pull"), frozen_lc(codes)
+    out, ref = q(as_latent(rows)), plain(as_latent(rows))
+    alpha = math.exp(-1e-3)
+    # code 2: gap 4; code 3: gap 16; code 4: gap 4 to (1, 0) too -> tie with code 2, code 2 keeps the latent
+    assert torch.allclose(out.loss, ref.loss + alpha * 4.0 / (3 * 2), rtol=1e-5)

@@ -60,12 +60,12 @@ class DeadCodePull(nn.Module):
                 gap = (latents[rows] - codes.detach()).pow(2).sum(1)  # (k,)
             else:
                 gap = (latents[rows].detach() - codes).pow(2).sum(1)
-            # each latent answers one dead code only, the closest of those that chose it: pulled towards
-            # several it would settle between them, in none of their cells
-            nearest = gap.new_full((latents.shape[0],), float("inf")).scatter_reduce(0, rows, gap.detach(), "amin")
-            keep = gap.detach() <= nearest[rows]
-            first = torch.full_like(nearest, len(rows), dtype=torch.long).scatter_reduce(
-                0, rows[keep], keep.nonzero().squeeze(1), "amin")  # ties: the lowest code index
-            keep = first[rows] == torch.arange(len(rows), device=rows.device)
-            total = total + (alpha[i, dead] * gap)[keep].sum()
+            # each latent answers one dead code only, the closest of those that chose it (ties: the lowest
+            # code index, by the stable sort): pulled towards several it would settle between them, in
+            # none of their cells
+            order = torch.sort(gap.detach(), stable=True).indices
+            first = rows.new_full((latents.shape[0],), len(rows)).scatter_reduce(
+                0, rows[order], torch.arange(len(rows), device=rows.device), "amin")  # per latent: rank in order
+            keep = order[first[first < len(rows)]]
+            total = total + (alpha[i, dead[keep]] * gap[keep]).sum()
         return self.weight * total / max(count, 1)

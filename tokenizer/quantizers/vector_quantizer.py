@@ -72,9 +72,10 @@ class VectorQuantizer(nn.Module):
         decay: EMA decay of the EMA codebook and of CVQ's running usage (gamma).
         eps: Laplace smoothing of the EMA codebook.
         revival: None, "cvq" (online clustering: unused codes move to their anchors; any non-frozen
-            codebook) or "latent-pull" (lcgen's mirror for a frozen codebook: each unused code pulls
-            its closest batch latent towards itself through the encoder's gradient; see latent_pull).
-        pull_weight: weight of the latent-pull loss relative to the commitment term (x commitment_weight).
+            codebook), "latent-pull" (lcgen's mirror for a frozen codebook: each unused code pulls
+            its closest batch latent towards itself through the encoder's gradient; see latent_pull)
+            or "code-pull" (the same loss, its gradient on the codes: for VQGAN-LC, the projector).
+        pull_weight: weight of the pull loss relative to the commitment term (x commitment_weight).
         anchor: CVQ anchor, "closest", "random" or "probrandom".
         init_codebook: VQGAN-LC frozen codebook, a (K, D) tensor or a .safetensors file.
         frozen_dim: D of the random frozen codebook used when init_codebook is None.
